@@ -43,9 +43,9 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
 
 
-def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
-    """Generator for the augmentation of global batch ``step`` of ``epoch`` (shared by all processes)."""
-    return np.random.default_rng([int(seed), int(epoch), int(step), 0xA06])
+def step_rng(seed: int, epoch: int, step: int, process_index: int = 0) -> np.random.Generator:
+    """Generator for the augmentation of this process's slice of global batch ``step`` of ``epoch``."""
+    return np.random.default_rng([int(seed), int(epoch), int(step), int(process_index), 0xA06])
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
@@ -77,7 +77,7 @@ def iterate_batches(
       drop_last: drop the final incomplete batch (needed for fixed shapes under jit).
       process_index, process_count: this process keeps slice ``process_index`` of each batch.
       transform: ``transform(batch, rng) -> batch`` applied to the process-local batch,
-        ``rng`` seeded from (seed, epoch, step, process_index).
+        ``rng`` is :func:`step_rng` (seed, epoch, step, process_index).
       shuffle: if False, iterate in storage order (evaluation).
 
     Yields:
@@ -96,11 +96,10 @@ def iterate_batches(
     for step in range(start_step, num_steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
         per = -(-len(idx) // process_count)
-        idx = np.sort(idx[process_index * per : (process_index + 1) * per])
+        idx = idx[process_index * per : (process_index + 1) * per]
         batch = {k: np.asarray(v[idx]) for k, v in data.items()}
         if transform is not None:
-            rng = np.random.default_rng([int(seed), int(epoch), int(step), int(process_index), 0xA06])
-            batch = transform(batch, rng)
+            batch = transform(batch, step_rng(seed, epoch, step, process_index))
         yield batch
 
 

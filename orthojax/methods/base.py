@@ -1,0 +1,104 @@
+"""The one calling convention every multi-task method follows.
+
+A method is a pair of pure functions built by a factory that validates its hyper-parameters (the optax
+pattern)::
+
+    method = orthojax.methods.cosreg(alpha=10.0)
+    state = method.init(params, num_tasks)
+    out = method.step(problem, params, state, batch, rng)   # -> MethodStep
+    updates, opt_state = optimizer.update(out.grads, opt_state, params)
+
+``problem`` (:class:`MultiTaskProblem`) is everything a method may ask of the model: the task losses, the
+selector of the last shared layer and of all shared parameters, and, for methods that act on the shared
+representation (RotoGrad), the encoder / decoder split. ``out.grads`` has the structure of ``params`` and
+is what the optimiser receives; ``out.state`` is the method's next state (a pytree: learnable task
+weights, their optimiser state, step counters); ``out.metrics`` holds the method's diagnostics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from orthojax.cosreg import cosine_matrix
+from orthojax.jacobian import task_jacobian
+from orthojax.select import Selector
+
+PyTree = Any
+
+__all__ = ["Method", "MethodStep", "MultiTaskProblem", "last_shared_cosine", "task_losses_and_aux"]
+
+
+class MultiTaskProblem(NamedTuple):
+    """What a method may ask of a multi-task model.
+
+    Attributes:
+      task_losses: ``fn(params, batch, rng) -> (losses (T,), aux)``; aux is carried through untouched
+        (e.g. updated BatchNorm statistics).
+      last_shared: selector of the last shared layer (the paper's "last layer of the encoder").
+      shared: selector of all shared parameters (used by GradNorm's all-shared option and by Recon).
+      encode: optional ``fn(params, batch, rng) -> (zs, extras)``: zs is a tuple of T per-task
+        representations (identical when the encoder is fully shared), channels last.
+      decode: optional ``fn(params, zs, extras, batch, rng) -> (losses (T,), aux)``; with ``encode`` it
+        must satisfy ``decode(params, *encode(params, batch, rng), batch, rng) == task_losses(...)``.
+    """
+
+    task_losses: Callable[..., tuple[jax.Array, Any]]
+    last_shared: Selector
+    shared: Selector = "encoder"
+    encode: Optional[Callable[..., tuple[Any, Any]]] = None
+    decode: Optional[Callable[..., tuple[jax.Array, Any]]] = None
+
+
+class MethodStep(NamedTuple):
+    """The result of one method step.
+
+    Attributes:
+      grads: gradient for the optimiser, same structure as ``params``.
+      state: the method's next state.
+      loss: the scalar objective that produced ``grads`` (for logging).
+      task_losses: (T,) task losses.
+      aux: the problem's aux (e.g. new BatchNorm statistics).
+      metrics: method diagnostics (e.g. "cosine" (T, T), "penalty", "task_weights" (T,)).
+    """
+
+    grads: PyTree
+    state: PyTree
+    loss: jax.Array
+    task_losses: jax.Array
+    aux: Any
+    metrics: dict
+
+
+class Method(NamedTuple):
+    """A multi-task method: ``init(params, num_tasks) -> state`` and ``step(problem, params, state, batch,
+    rng) -> MethodStep``; both pure and jittable. ``name`` is the registry name."""
+
+    name: str
+    init: Callable[[PyTree, int], PyTree]
+    step: Callable[..., MethodStep]
+
+
+def task_losses_and_aux(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
+    """Calls ``problem.task_losses`` and checks that it returns a (T,) vector and an aux."""
+    out = problem.task_losses(params, batch, rng)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError("problem.task_losses must return a pair (losses of shape (T,), aux)")
+    losses, aux = out
+    if jnp.ndim(losses) != 1:
+        raise ValueError(f"problem.task_losses must return losses of shape (T,); got {jnp.shape(losses)}")
+    return losses, aux
+
+
+def last_shared_cosine(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array) -> jax.Array:
+    """(T, T) cosines between the task gradients of the last shared layer (the paper's diagnostic).
+
+    Computed without second-order terms (the result is wrapped in ``stop_gradient``).
+    """
+    def losses_fn(p):
+        return task_losses_and_aux(problem, p, batch, rng)
+
+    _, jacobian, _, _ = task_jacobian(losses_fn, params, wrt=problem.last_shared, has_aux=True)
+    return jax.lax.stop_gradient(cosine_matrix(jacobian))
