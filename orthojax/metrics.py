@@ -6,8 +6,8 @@ classification accuracy with the harmonic mean of task accuracies, and the relat
 summaries Delta_m (Nash-MTL, CAGrad) and Delta_p (LibMTL).
 
 Every metric has a functional accumulator: ``init_*() -> state``, ``update_*(state, ...) -> state``
-(pure and jittable; states are NamedTuples of arrays) and ``finalize_*(state) -> dict`` (host side,
-float64). The one exception is the exact pooled median of normal angles, which needs every valid
+(pure, wrapped in ``jax.jit``, usable inside a jitted eval step; states are NamedTuples of arrays)
+and ``finalize_*(state) -> dict`` (host side, float64). The one exception is the exact pooled median of normal angles, which needs every valid
 angle of the test set: ``init_angle_collector`` / ``collect_angles`` / ``exact_median`` keep them on
 the host (``normal_angles`` computes them inside the jitted step).
 
@@ -22,6 +22,7 @@ int32 (exact up to 2**31 - 1 pixels, e.g. 10**4 NYUv2 test sets at 288 x 384).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, NamedTuple
 
@@ -130,6 +131,7 @@ def _scores_or_labels(pred: Any, target_shape: tuple[int, ...], num_classes: int
 # ------------------------------------------------------------------------------ segmentation
 
 
+@functools.partial(jax.jit, static_argnames="num_classes")
 def confusion_matrix(pred_labels: Any, target: Any, num_classes: int,
                      ignore_index: int = -1) -> jax.Array:
     """Confusion matrix of integer label maps; jittable (``num_classes`` static).
@@ -210,6 +212,7 @@ def init_segmentation(num_classes: int) -> SegmentationState:
     return SegmentationState(jnp.zeros((num_classes, num_classes), jnp.int32))
 
 
+@jax.jit
 def update_segmentation(state: SegmentationState, pred: Any, target: Any,
                         ignore_index: int = -1) -> SegmentationState:
     """Add one batch; jittable.
@@ -247,6 +250,7 @@ class DepthStatistics(NamedTuple):
     count: jax.Array  # number of valid pixels (int32)
 
 
+@jax.jit
 def depth_statistics(pred: Any, gt: Any, mask: Any = None) -> DepthStatistics:
     """Sums of |e|, |e|/gt and e^2 and the valid count for one batch; jittable.
 
@@ -294,6 +298,7 @@ def init_depth(dtype: Any = jnp.float32) -> DepthState:
     return DepthState(z, z, z, n, z, z, z, n)
 
 
+@jax.jit
 def update_depth(state: DepthState, pred: Any, gt: Any, mask: Any = None) -> DepthState:
     """Add one batch (see ``depth_statistics`` for validity); jittable."""
     s = depth_statistics(pred, gt, mask)
@@ -359,6 +364,7 @@ def _normal_inputs(pred: Any, gt: Any, mask: Any) -> tuple[jax.Array, jax.Array,
     return p, g, valid
 
 
+@jax.jit
 def normal_angles(pred: Any, gt: Any, mask: Any = None) -> tuple[jax.Array, jax.Array]:
     """Per-pixel angular error in degrees and the validity mask; jittable.
 
@@ -379,6 +385,7 @@ def normal_angles(pred: Any, gt: Any, mask: Any = None) -> tuple[jax.Array, jax.
     return jnp.degrees(jnp.arccos(cos)), valid
 
 
+@jax.jit
 def one_minus_abs_cos(pred: Any, gt: Any, mask: Any = None) -> jax.Array:
     """The CosReg paper's normal metric: mean over valid pixels of 1 - |cos(pred, gt)|; jittable.
 
@@ -417,6 +424,7 @@ def init_normals(dtype: Any = jnp.float32) -> NormalState:
                        jnp.zeros(6, dtype), n)
 
 
+@jax.jit
 def update_normals(state: NormalState, pred: Any, gt: Any, mask: Any = None) -> NormalState:
     """Add one batch (see ``normal_angles``); jittable.
 
@@ -528,6 +536,7 @@ def finalize_normals(state: NormalState, collector: AngleCollector | None = None
 # ---------------------------------------------------------------------------- classification
 
 
+@jax.jit
 def accuracy(pred: Any, labels: Any) -> jax.Array:
     """Fraction of correct predictions; jittable.
 
@@ -569,6 +578,7 @@ def init_classification(num_tasks: int) -> ClassificationState:
     return ClassificationState(jnp.zeros(num_tasks, jnp.int32), jnp.zeros((), jnp.int32))
 
 
+@jax.jit
 def update_classification(state: ClassificationState, pred: Any, labels: Any) -> ClassificationState:
     """Add one batch; jittable.
 

@@ -1,0 +1,1 @@
+"""Runnable experiments: ``python -m experiments.multidigit_mnist``, ``.nyuv2``, ``.sunrgbd``."""
