@@ -1,4 +1,9 @@
-"""Methods by name: ``get_method("cosreg", alpha=10.0)``."""
+"""Methods by name: ``get_method("cosreg", alpha=10.0)``.
+
+Names: "single_task", "equal", "cosreg", "uncertainty", "gradnorm", "rotate_only", "rotograd",
+"rotograd_norm", "recon". Hyper-parameters are the factories' keyword arguments (e.g.
+``get_method("rotograd", latent_size=20)``, ``get_method("recon", layers=(...), base="cosreg")``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ from typing import Any, Callable
 
 from orthojax.methods.base import Method
 from orthojax.methods.cosreg import cosreg
+from orthojax.methods.gradnorm import gradnorm
+from orthojax.methods.recon import recon
+from orthojax.methods.rotograd import rotate_only, rotograd, rotograd_norm
 from orthojax.methods.scalarization import equal, single_task
+from orthojax.methods.uncertainty import uncertainty
 
 __all__ = ["METHODS", "get_method", "method_names"]
 
@@ -14,6 +23,12 @@ METHODS: dict[str, Callable[..., Method]] = {
     "equal": equal,
     "single_task": single_task,
     "cosreg": cosreg,
+    "uncertainty": uncertainty,
+    "gradnorm": gradnorm,
+    "rotate_only": rotate_only,
+    "rotograd": rotograd,
+    "rotograd_norm": rotograd_norm,
+    "recon": recon,
 }
 
 

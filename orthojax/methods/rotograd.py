@@ -1,0 +1,322 @@
+"""RotoGrad (Javaloy & Valera, 2022): per-task rotations of the shared representation.
+
+The encoder output z (channels last) is rotated per task over its first m channels (m = ``latent_size``;
+the remaining channels pass unchanged): head k sees  z~_k = R_k z  (``z @ R_k^T`` on the channel axis), with
+R_k frozen for the heads. R_k = B_k expm(A_k - A_k^T) with B_k a fixed rotation (random by default) and A_k
+learnable, zero at the start, so R_k stays in SO(m).
+
+One step, with h_k = dL_k/dz~_k (the head's gradient) and g_k = R_k^T h_k = dL_k/dz (un-rotated):
+
+* reference  r = mean_k ( g_k ||mean_j g_j|| / ||g_k|| )  (the task gradients rescaled to a common norm);
+* rotation loss per task  l_k(A_k) = mean over positions || R_k r - h_k ||^2  (r and h_k held constant),
+  one step of the rotations' own optimiser on dl_k/dA_k;
+* the encoder's cotangent at z:
+    - "rotate_only":    sum_k g_k;
+    - "rotograd":       sum_k (g_k / n_k) C with n_k = ||g_k||, rho_k = n_k / n_k^0, alpha_k = rho_k /
+      sum_j rho_j, C = sum_k alpha_k n_k; n_k^0 recorded at the first step and again at step
+      ``burn_in_period`` (every task then reaches the encoder with the same magnitude C);
+    - "rotograd_norm":  sum_k w_k g_k with GradNorm weights learned on the representation gradients, as the
+      package's RotoGradNorm does: w = T softmax(v), v learnable (zero at the start);
+      L_gn(v) = sum_k | w_k n_k - ||sum_j w_j g_j / T|| (L~_k / mean_j L~_j)^alpha |  with L~_k = L_k / L_k^0
+      (L_k^0 recorded like n_k^0), the target held constant. (The package computes RotoGrad's magnitude
+      normalisation first and then discards it; so does this implementation, which uses the GradNorm
+      weights only.)
+
+The heads and every other parameter receive the plain gradient of sum_k L_k.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.scipy.linalg import expm
+
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
+
+PyTree = Any
+
+__all__ = ["RotoGradState", "rotate_only", "rotograd", "rotograd_norm", "rotation_matrices"]
+
+_EPS = 1e-15
+_VARIANTS = ("rotate_only", "rotograd", "rotograd_norm")
+
+
+class RotoGradState(NamedTuple):
+    """State of the RotoGrad methods.
+
+    Attributes:
+      learnable: {"skew": (T, m, m) the A_k} (+ {"log_weights": (T,)} for rotograd_norm).
+      base: (T, m, m) the fixed rotations B_k.
+      opt_state: optax state of ``learnable``'s optimiser.
+      initial_norms: (T,) n_k^0.
+      initial_losses: (T,) L_k^0 (used by rotograd_norm).
+      count: steps taken (int32 scalar).
+    """
+
+    learnable: dict
+    base: jax.Array
+    opt_state: Any
+    initial_norms: jax.Array
+    initial_losses: jax.Array
+    count: jax.Array
+
+
+def rotation_matrices(state: RotoGradState) -> jax.Array:
+    """The (T, m, m) rotations R_k = B_k expm(A_k - A_k^T) of a RotoGrad state."""
+    return _rotations(state.base, state.learnable["skew"])
+
+
+def _rotations(base: jax.Array, skew: jax.Array) -> jax.Array:
+    return jnp.matmul(base, jax.vmap(expm)(skew - jnp.swapaxes(skew, -1, -2)))
+
+
+def _rotate(z: jax.Array, rotation: jax.Array) -> jax.Array:
+    """z @ R^T over the first m channels of the last axis; the other channels unchanged."""
+    m = rotation.shape[-1]
+    lo = jnp.einsum("...j,ij->...i", z[..., :m], rotation.astype(z.dtype))
+    return jnp.concatenate([lo, z[..., m:]], axis=-1) if z.shape[-1] > m else lo
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(x * x))
+
+
+def _random_rotation(key: jax.Array, m: int) -> jax.Array:
+    """A Haar-random matrix of SO(m) (QR of a Gaussian with the sign fix, then det +1)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (m, m), jnp.float32))
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    flip = jnp.where(jnp.linalg.det(q) < 0, -1.0, 1.0)
+    return q.at[:, 0].multiply(flip)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value == float("inf") or value != value:
+        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0; got {value}")
+    return value
+
+
+def _build(
+    variant: str,
+    latent_size: int,
+    burn_in_period: int,
+    learning_rate: float,
+    optimizer: Optional[optax.GradientTransformation],
+    random_init: bool,
+    seed: int,
+    alpha: float,
+) -> Method:
+    m = _check_int(f"{variant}: latent_size", latent_size, 1)
+    burn_in = _check_int(f"{variant}: burn_in_period", burn_in_period, 0)
+    seed = _check_int(f"{variant}: seed", seed, 0)
+    alpha = _check_positive(f"{variant}: alpha", alpha, allow_zero=True)
+    if optimizer is None:
+        optimizer = optax.adam(_check_positive(f"{variant}: learning_rate", learning_rate))
+    elif not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{variant}: optimizer must be an optax.GradientTransformation; got {optimizer!r}")
+    random_init = bool(random_init)
+
+    def init(params: PyTree, num_tasks: int) -> RotoGradState:
+        if num_tasks < 2:
+            raise ValueError(f"{variant} needs at least 2 tasks; got {num_tasks}")
+        if random_init:
+            keys = jax.random.split(jax.random.key(seed), num_tasks)
+            base = jax.vmap(lambda k: _random_rotation(k, m))(keys)
+        else:
+            base = jnp.broadcast_to(jnp.eye(m, dtype=jnp.float32), (num_tasks, m, m))
+        learnable = {"skew": jnp.zeros((num_tasks, m, m), jnp.float32)}
+        if variant == "rotograd_norm":
+            learnable["log_weights"] = jnp.zeros((num_tasks,), jnp.float32)
+        ones = jnp.ones((num_tasks,), jnp.float32)
+        return RotoGradState(learnable, base, optimizer.init(learnable), ones, ones, jnp.zeros((), jnp.int32))
+
+    def step(
+        problem: MultiTaskProblem, params: PyTree, state: RotoGradState, batch: Any, rng: jax.Array
+    ) -> MethodStep:
+        if problem.encode is None or problem.decode is None:
+            raise ValueError(
+                f"{variant} rotates the shared representation: the MultiTaskProblem needs encode(params, "
+                "batch, rng) -> (zs, extras) and decode(params, zs, extras, batch, rng) -> (losses, aux)"
+            )
+        zs, encoder_pullback, extras = jax.vjp(lambda p: problem.encode(p, batch, rng), params, has_aux=True)
+        z_leaves, z_tree = jax.tree.flatten(zs)
+        num_tasks = state.base.shape[0]
+        if len(z_leaves) != num_tasks:
+            raise ValueError(
+                f"{variant}: problem.encode must return one representation per task ({num_tasks}); "
+                f"got {len(z_leaves)}"
+            )
+        for z in z_leaves:
+            if z.shape[-1] < m:
+                raise ValueError(f"{variant}: latent_size {m} exceeds the representation's {z.shape[-1]} channels")
+
+        rotations = jax.lax.stop_gradient(rotation_matrices(state))
+        rotated = [_rotate(z, r) for z, r in zip(z_leaves, rotations)]
+
+        def decode(p, zt):
+            out = problem.decode(p, jax.tree.unflatten(z_tree, zt), extras, batch, rng)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError("problem.decode must return a pair (losses of shape (T,), aux)")
+            losses, aux = out
+            if jnp.ndim(losses) != 1 or losses.shape[0] != num_tasks:
+                raise ValueError(f"problem.decode must return losses of shape ({num_tasks},); got {jnp.shape(losses)}")
+            return losses, aux
+
+        losses, decoder_pullback, aux = jax.vjp(decode, params, rotated, has_aux=True)
+        # decode is separable (loss k reads zs[k] only), so one pullback gives every head gradient h_k
+        head_grads, h = decoder_pullback(jnp.ones_like(losses))
+        h = [jax.lax.stop_gradient(x) for x in h]
+        g = [_rotate(hk, r.T) for hk, r in zip(h, rotations)]  # back-rotated: dL_k/dz
+        norms = jnp.stack([jnp.maximum(_norm(gk), _EPS) for gk in g])
+
+        mean_norm = _norm(sum(g) / num_tasks)
+        reference = sum(gk * (mean_norm / nk) for gk, nk in zip(g, norms)) / num_tasks
+
+        first = jnp.logical_or(state.count == 0, state.count == burn_in)
+        initial_norms = jnp.where(first, norms, state.initial_norms.astype(norms.dtype))
+        initial_losses = jnp.where(first, losses, state.initial_losses.astype(losses.dtype))
+
+        def rotation_loss(skew):
+            r_all = _rotations(state.base, skew)
+            per_task = []
+            for hk, rk in zip(h, r_all):
+                diff = _rotate(reference, rk) - hk
+                per_task.append(jnp.mean(jnp.sum(diff * diff, axis=-1)))
+            return jnp.stack(per_task)
+
+        def learnable_loss(learnable):
+            rot = rotation_loss(learnable["skew"])
+            total = jnp.sum(rot)
+            if variant == "rotograd_norm":
+                w = num_tasks * jax.nn.softmax(learnable["log_weights"]).astype(norms.dtype)
+                shared = jax.lax.stop_gradient(_norm(sum(wk * gk for wk, gk in zip(w, g)) / num_tasks))
+                ratios = losses / initial_losses
+                target = jax.lax.stop_gradient(shared * (ratios / jnp.mean(ratios)) ** alpha)
+                total = total + jnp.sum(jnp.abs(w * norms - target))
+            return total, rot
+
+        (_, rot_losses), learn_grads = jax.value_and_grad(learnable_loss, has_aux=True)(state.learnable)
+        updates, opt_state = optimizer.update(learn_grads, state.opt_state, state.learnable)
+        learnable = optax.apply_updates(state.learnable, updates)
+
+        if variant == "rotate_only":
+            scales = jnp.ones_like(norms)
+        elif variant == "rotograd":
+            rho = norms / initial_norms
+            alphas = rho / jnp.maximum(jnp.sum(rho), _EPS)
+            scales = jnp.sum(alphas * norms) / norms
+        else:
+            scales = num_tasks * jax.nn.softmax(state.learnable["log_weights"]).astype(norms.dtype)
+        cotangents = [gk * s.astype(gk.dtype) for gk, s in zip(g, scales)]
+        # zs may hold the same array T times (a fully shared encoder): vjp sums the T cotangents then
+        (encoder_grads,) = encoder_pullback(jax.tree.unflatten(z_tree, cotangents))
+        grads = jax.tree.map(jnp.add, encoder_grads, head_grads)
+
+        cosines = jnp.stack([jnp.sum(gk * reference) / (nk * jnp.maximum(_norm(reference), _EPS))
+                             for gk, nk in zip(g, norms)])
+        new_state = RotoGradState(
+            learnable, state.base, opt_state, initial_norms.astype(state.initial_norms.dtype),
+            initial_losses.astype(state.initial_losses.dtype), state.count + 1,
+        )
+        metrics = {
+            "task_weights": scales,
+            "grad_norms": norms,
+            "encoder_grad_norms": scales * norms,
+            "reference_cosine": cosines,
+            "rotation_loss": rot_losses,
+        }
+        return MethodStep(grads, new_state, jnp.sum(losses), losses, aux, metrics)
+
+    return Method(name=variant, init=init, step=step)
+
+
+_ARGS_DOC = """
+    Args:
+      latent_size: m, the number of leading channels of the representation that are rotated (the
+        representation's channel count to rotate all of them).
+      burn_in_period: the step at which n_k^0 (and L_k^0) are recorded again (20 in the package).
+      learning_rate: learning rate of the default optimiser of the rotations, ``optax.adam``; keep it
+        smaller than the model's (the package README's advice; 5e-5 against 1e-4 in an NYUv2 script).
+      optimizer: an optax transformation for the rotation parameters; overrides ``learning_rate``.
+      random_init: B_k a random rotation (as the package) or the identity.
+      seed: seed of the random B_k.
+"""
+
+
+def rotate_only(
+    latent_size: int,
+    *,
+    burn_in_period: int = 20,
+    learning_rate: float = 1e-4,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    random_init: bool = True,
+    seed: int = 0,
+) -> Method:
+    return _build("rotate_only", latent_size, burn_in_period, learning_rate, optimizer, random_init, seed, 0.0)
+
+
+def rotograd(
+    latent_size: int,
+    *,
+    burn_in_period: int = 20,
+    learning_rate: float = 1e-4,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    random_init: bool = True,
+    seed: int = 0,
+) -> Method:
+    return _build("rotograd", latent_size, burn_in_period, learning_rate, optimizer, random_init, seed, 0.0)
+
+
+def rotograd_norm(
+    latent_size: int,
+    *,
+    alpha: float = 1.5,
+    burn_in_period: int = 20,
+    learning_rate: float = 1e-4,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    random_init: bool = True,
+    seed: int = 0,
+) -> Method:
+    return _build("rotograd_norm", latent_size, burn_in_period, learning_rate, optimizer, random_init, seed, alpha)
+
+
+_REFS = """
+    Returns:
+      A :class:`~orthojax.methods.base.Method`. It needs ``problem.encode`` and ``problem.decode`` (a
+      ValueError otherwise); decode must be separable (task k's loss reads ``zs[k]`` only). Metrics:
+      "task_weights" (T,) the factor applied to each g_k, "grad_norms" (T,) n_k, "encoder_grad_norms" (T,)
+      the norm of each task's contribution to the encoder's cotangent, "reference_cosine" (T,)
+      cos(g_k, r), "rotation_loss" (T,).
+
+    References:
+      Javaloy & Valera, "RotoGrad: Gradient Homogenization in Multitask Learning", ICLR 2022; the
+      package rotograd 0.1.6 (RotateOnly, RotoGrad, RotoGradNorm). Chen et al., "GradNorm", ICML 2018.
+"""
+
+rotate_only.__doc__ = (
+    "RotoGrad's rotations only: heads see R_k z, the encoder receives sum_k g_k (see the module doc).\n"
+    + _ARGS_DOC + _REFS
+)
+rotograd.__doc__ = (
+    "RotoGrad: rotations plus magnitude homogenisation; the encoder receives sum_k (g_k / n_k) C.\n"
+    + _ARGS_DOC + _REFS
+)
+rotograd_norm.__doc__ = (
+    "RotoGradNorm: rotations plus GradNorm weights on the representation gradients (sum_k w_k g_k).\n"
+    + _ARGS_DOC
+    + "      alpha: GradNorm's asymmetry for the weights (required in the package; 1.5 here as in GradNorm).\n"
+    + _REFS
+)

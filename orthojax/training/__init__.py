@@ -1,0 +1,77 @@
+"""The training engine: train state, the compiled step, data parallelism, checkpoints, logging.
+
+A typical experiment::
+
+    from orthojax import training
+    result = training.train_and_evaluate(
+        training.TrainConfig(num_epochs=10, checkpoint_every=500, resume=args.resume),
+        workdir,
+        model=model, task_losses=task_losses, method=get_method("cosreg", alpha=0.1),
+        optimizer=optax.adam(1e-3), last_shared="encoder/conv2",
+        train_batches=lambda epoch, start: iterate_batches(train, 64, seed, epoch, start_step=start,
+            process_index=jax.process_index(), process_count=jax.process_count()),
+        steps_per_epoch=steps_per_epoch(len_train, 64), sample_batch=first_batch,
+        eval_batches=..., eval_metrics=training.EvalMetrics(init, update, finalize),
+    )
+"""
+
+from orthojax.training.checkpoint import Checkpointer, abstract_like
+from orthojax.training.evaluate import EvalMetrics, make_eval_step
+from orthojax.training.guard import NonFiniteError, all_finite, check_streak, keep_if_finite
+from orthojax.training.history import History, epoch_means
+from orthojax.training.logging import MetricWriter, epoch_summary, to_jsonable, write_config
+from orthojax.training.loop import TrainConfig, TrainResult, train_and_evaluate
+from orthojax.training.seeds import run_keys, vmap_eval_step, vmap_init, vmap_train_step
+from orthojax.training.sharding import (
+    DATA_AXIS,
+    batch_sharding,
+    check_batch_size,
+    compile_train_step,
+    init_sharded,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    shard_batch,
+)
+from orthojax.training.state import TrainState, init_train_state, model_variables, num_model_tasks, step_key
+from orthojax.training.step import make_problem, make_train_step
+
+__all__ = [
+    "Checkpointer",
+    "DATA_AXIS",
+    "EvalMetrics",
+    "History",
+    "MetricWriter",
+    "NonFiniteError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "abstract_like",
+    "all_finite",
+    "batch_sharding",
+    "check_batch_size",
+    "check_streak",
+    "compile_train_step",
+    "epoch_means",
+    "epoch_summary",
+    "init_sharded",
+    "init_train_state",
+    "initialize_distributed",
+    "keep_if_finite",
+    "make_eval_step",
+    "make_mesh",
+    "make_problem",
+    "make_train_step",
+    "model_variables",
+    "num_model_tasks",
+    "replicated",
+    "run_keys",
+    "shard_batch",
+    "step_key",
+    "to_jsonable",
+    "train_and_evaluate",
+    "vmap_eval_step",
+    "vmap_init",
+    "vmap_train_step",
+    "write_config",
+]

@@ -1,0 +1,59 @@
+"""The evaluation step: the model in inference mode feeding a jittable metrics accumulator.
+
+The accumulator sums sufficient statistics (e.g. confusion matrices) over every test example, so the
+finalized metrics are exact, independent of the batch size and of the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+
+from orthojax.training.state import TrainState, model_variables
+
+PyTree = Any
+Batch = Mapping[str, Any]
+
+__all__ = ["EvalMetrics", "make_eval_step"]
+
+
+class EvalMetrics(NamedTuple):
+    """A metrics accumulator.
+
+    Attributes:
+      init: ``() -> acc`` (a pytree of arrays).
+      update: ``(acc, outputs: tuple, batch) -> acc``, pure and jittable.
+      finalize: ``acc -> dict`` of floats / lists (host side).
+    """
+
+    init: Callable[[], PyTree]
+    update: Callable[[PyTree, tuple, Batch], PyTree]
+    finalize: Callable[[PyTree], dict]
+
+
+def make_eval_step(
+    model: nn.Module, metrics: EvalMetrics, *, input_key: str = "image"
+) -> Callable[[TrainState, PyTree, Batch], PyTree]:
+    """Builds ``eval_step(state, acc, batch) -> acc`` (pure; the model runs with ``train=False``).
+
+    Args:
+      model: Flax module returning a tuple of T outputs.
+      metrics: the accumulator.
+      input_key: the batch entry fed to the model.
+    """
+
+    def eval_step(state: TrainState, acc: PyTree, batch: Batch) -> PyTree:
+        variables = model_variables(state.params, state.batch_stats)
+        outputs = model.apply(variables, batch[input_key], train=False)
+        return metrics.update(acc, tuple(outputs), batch)
+
+    return eval_step
+
+
+def accumulate(eval_step: Callable, state: TrainState, acc: PyTree, batches: Iterable[PyTree]) -> PyTree:
+    """Runs ``eval_step`` over ``batches`` (already placed on devices) and returns the final accumulator."""
+    for batch in batches:
+        acc = eval_step(state, acc, batch)
+    return acc

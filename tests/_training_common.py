@@ -1,0 +1,146 @@
+"""A tiny two-task Flax model, its data and a runner, shared by the training tests and their workers."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from orthojax.data.loader import iterate_batches
+from orthojax.methods import get_method
+from orthojax.training import EvalMetrics, TrainConfig, train_and_evaluate
+
+NUM_CLASSES = 3
+LAST_SHARED = "encoder/conv2"
+
+
+class Encoder(nn.Module):
+    use_bn: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(4, (3, 3), strides=2, use_bias=False, name="conv1")(x)
+        if self.use_bn:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn1")(x)
+        x = nn.relu(x)
+        x = nn.Conv(4, (3, 3), strides=2, use_bias=False, name="conv2")(x)
+        return nn.relu(x)
+
+
+class Head(nn.Module):
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, z, train: bool):
+        z = z.reshape(z.shape[0], -1)
+        z = nn.relu(nn.Dense(8, name="fc1")(z))
+        z = nn.Dropout(self.dropout, deterministic=not train)(z)
+        return nn.Dense(NUM_CLASSES, name="fc2")(z)
+
+
+class TinyMTL(nn.Module):
+    """Shared two-conv encoder (optional BatchNorm), one dense head per task (optional dropout)."""
+
+    num_tasks: int = 2
+    use_bn: bool = False
+    dropout: float = 0.0
+
+    def setup(self):
+        self.encoder = Encoder(self.use_bn)
+        self.heads = [Head(self.dropout) for _ in range(self.num_tasks)]
+
+    def encode(self, x, train: bool):
+        z = self.encoder(x, train)
+        return tuple(z for _ in range(self.num_tasks)), None
+
+    def decode(self, zs, extras, train: bool):
+        return tuple(head(z, train) for head, z in zip(self.heads, zs))
+
+    def __call__(self, x, train: bool):
+        return self.decode(*self.encode(x, train), train)
+
+
+def task_losses(outputs: tuple, batch: dict) -> jax.Array:
+    """Cross-entropy per task."""
+    return jnp.stack([
+        optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"][:, t]).mean()
+        for t, logits in enumerate(outputs)
+    ])
+
+
+def make_data(n: int, seed: int = 0, size: int = 8) -> dict:
+    """Random images whose labels depend on two image statistics (learnable, not trivial)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(n, size, size, 1)).astype(np.float32)
+    left = image[:, :, : size // 2].mean(axis=(1, 2, 3))
+    right = image[:, :, size // 2 :].mean(axis=(1, 2, 3))
+    labels = np.stack([np.digitize(left, [-0.1, 0.1]), np.digitize(right, [-0.1, 0.1])], axis=1)
+    return {"image": image, "labels": labels.astype(np.int32)}
+
+
+def accuracy_metrics(num_tasks: int = 2) -> EvalMetrics:
+    """Exact accuracy: correct counts per task and the example count, summed over the test set."""
+
+    def init():
+        return {"correct": jnp.zeros((num_tasks,), jnp.int32), "count": jnp.zeros((), jnp.int32)}
+
+    def update(acc, outputs, batch):
+        correct = jnp.stack([
+            jnp.sum(jnp.argmax(o, -1) == batch["labels"][:, t]) for t, o in enumerate(outputs)
+        ]).astype(jnp.int32)
+        return {"correct": acc["correct"] + correct, "count": acc["count"] + batch["labels"].shape[0]}
+
+    def finalize(acc):
+        correct = np.asarray(acc["correct"], np.float64)
+        return {"accuracy": (correct / float(acc["count"])).tolist(), "count": int(acc["count"])}
+
+    return EvalMetrics(init, update, finalize)
+
+
+def run(workdir: str, *, train: dict, test: Optional[dict] = None, batch_size: int = 8, data_seed: int = 0,
+        method: str = "cosreg", method_kwargs: Optional[dict] = None, use_bn: bool = True,
+        dropout: float = 0.0, lr: float = 1e-2, mesh: Any = None, eval_batch_size: int = 7,
+        on_batch: Any = None, **config: Any):
+    """Builds the tiny problem and calls :func:`train_and_evaluate`.
+
+    ``on_batch(epoch, step, batch) -> batch`` is applied to each batch before it is yielded (for tests
+    that interrupt runs or corrupt batches).
+    """
+    if method_kwargs is None:
+        method_kwargs = {"alpha": 1.0} if method == "cosreg" else {}
+    n = len(train["image"])
+    spe = n // batch_size
+
+    def train_batches(epoch, start):
+        for i, batch in enumerate(iterate_batches(
+            train, batch_size, data_seed, epoch, start_step=start,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )):
+            yield batch if on_batch is None else on_batch(epoch, start + i, batch)
+
+    kwargs = {}
+    if test is not None:
+        kwargs = dict(
+            eval_batches=lambda: iterate_batches(test, eval_batch_size, 0, 0, drop_last=False, shuffle=False),
+            eval_metrics=accuracy_metrics(),
+        )
+    config.setdefault("progress", False)
+    return train_and_evaluate(
+        TrainConfig(**config), workdir,
+        model=TinyMTL(use_bn=use_bn, dropout=dropout), task_losses=task_losses,
+        method=get_method(method, **method_kwargs), optimizer=optax.adam(lr),
+        train_batches=train_batches, steps_per_epoch=spe,
+        sample_batch={k: v[:2] for k, v in train.items()},
+        last_shared=LAST_SHARED, mesh=mesh, run_config={"method": method, "batch_size": batch_size},
+        **kwargs,
+    )
+
+
+def flat_params(tree) -> dict:
+    """Leaves keyed by path, as NumPy arrays (for saving with np.savez and exact comparison)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}

@@ -1,0 +1,183 @@
+"""Shared fixtures for the CosReg core tests.
+
+The expected values in these tests never come from ``orthojax`` itself: they come from NumPy, from central
+finite differences in float64, or from explicit per-task ``jax.grad`` loops written here.
+
+``x64`` turns float64 on for one test only (``jax.enable_x64`` as a context), so global state stays clean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+
+@pytest.fixture
+def x64():
+    """Run the test with float64 enabled; restores the previous setting afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Independent oracles
+# --------------------------------------------------------------------------------------------------------------
+
+
+def numpy_cosine(G):
+    """NumPy cosine matrix of the rows of G (T, D); a zero row gets zeros everywhere, its diagonal included."""
+    G = np.asarray(G, dtype=np.float64).reshape(G.shape[0], -1)
+    n = np.linalg.norm(G, axis=1)
+    U = np.zeros_like(G)
+    nz = n > 0
+    U[nz] = G[nz] / n[nz, None]
+    return U @ U.T
+
+
+def numpy_penalty(G):
+    """Mean over ordered pairs i != j of cos^2."""
+    C = numpy_cosine(G)
+    T = C.shape[0]
+    off = C[~np.eye(T, dtype=bool)]
+    return float(np.mean(off**2))
+
+
+def reference_penalty(task_losses_fn, params, *args, select):
+    """CosReg penalty from T explicit ``jax.grad`` calls (differentiable, written independently).
+
+    ``select(grad_pytree) -> list of arrays`` picks the leaves of the regularised layer.
+    """
+    losses = task_losses_fn(params, *args)
+    T = losses.shape[0]
+    vecs = []
+    for t in range(T):
+        g = jax.grad(lambda p, t=t: task_losses_fn(p, *args)[t])(params)
+        vecs.append(jnp.concatenate([jnp.ravel(x) for x in select(g)]))
+    G = jnp.stack(vecs)
+    U = G / jnp.linalg.norm(G, axis=1, keepdims=True)
+    C = U @ U.T
+    mask = 1.0 - jnp.eye(T, dtype=C.dtype)
+    return jnp.sum((C * mask) ** 2) / (T * (T - 1)), C, losses
+
+
+def reference_total(task_losses_fn, params, *args, select, alpha, weights=None, frozen_scale=None):
+    pen, _, losses = reference_penalty(task_losses_fn, params, *args, select=select)
+    w = jnp.ones_like(losses) if weights is None else jnp.asarray(weights, losses.dtype)
+    a = alpha if frozen_scale is None else alpha * frozen_scale
+    return jnp.sum(w * losses) + a * pen
+
+
+def central_fd(f, params, eps=1e-6):
+    """Central finite-difference gradient of a scalar f at params (a pytree), same structure as params."""
+    flat, unravel = ravel_pytree(params)
+    flat = np.asarray(flat, dtype=np.float64)
+    fj = jax.jit(lambda v: f(unravel(v)))
+    out = np.zeros_like(flat)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = eps
+        out[i] = (float(fj(jnp.asarray(flat + e))) - float(fj(jnp.asarray(flat - e)))) / (2 * eps)
+    return unravel(jnp.asarray(out))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tiny problems
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_mlp(key, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=jnp.float64):
+    """Shared 2-layer tanh MLP + one linear head per task; MSE per task. Returns (params, fn, (x, ys))."""
+    ks = jax.random.split(key, 4 + 2 * n_tasks)
+    params = {
+        "encoder": {
+            "dense1": {
+                "kernel": jax.random.normal(ks[0], (d_in, d_hidden), dtype) / np.sqrt(d_in),
+                "bias": 0.1 * jax.random.normal(ks[1], (d_hidden,), dtype),
+            },
+            "dense2": {
+                "kernel": jax.random.normal(ks[2], (d_hidden, d_hidden), dtype) / np.sqrt(d_hidden),
+                "bias": 0.1 * jax.random.normal(ks[3], (d_hidden,), dtype),
+            },
+        },
+        "heads": {
+            f"task{t}": {
+                "kernel": jax.random.normal(ks[4 + 2 * t], (d_hidden, d_out), dtype) / np.sqrt(d_hidden),
+                "bias": jnp.zeros((d_out,), dtype),
+            }
+            for t in range(n_tasks)
+        },
+    }
+    kx, ky = jax.random.split(jax.random.fold_in(key, 123))
+    x = jax.random.normal(kx, (batch, d_in), dtype)
+    ys = jax.random.normal(ky, (n_tasks, batch, d_out), dtype)
+
+    def task_losses_fn(p, x, ys):
+        h = jnp.tanh(x @ p["encoder"]["dense1"]["kernel"] + p["encoder"]["dense1"]["bias"])
+        h = jnp.tanh(h @ p["encoder"]["dense2"]["kernel"] + p["encoder"]["dense2"]["bias"])
+        losses = []
+        for t in range(n_tasks):
+            hp = p["heads"][f"task{t}"]
+            pred = h @ hp["kernel"] + hp["bias"]
+            losses.append(jnp.mean((pred - ys[t]) ** 2))
+        return jnp.stack(losses)
+
+    return params, task_losses_fn, (x, ys)
+
+
+def mlp_select(g):
+    """The leaves of encoder/dense2 in sorted-key order (bias, kernel)."""
+    d = g["encoder"]["dense2"]
+    return [d["bias"], d["kernel"]]
+
+
+def make_convnet(key, n_tasks=2, dtype=jnp.float64):
+    """Two 3x3 VALID convs (no bias) as the encoder, a conv + dense head per task; tiny sizes."""
+    ks = jax.random.split(key, 3 + 2 * n_tasks)
+    params = {
+        "encoder": {
+            "conv1": {"kernel": 0.5 * jax.random.normal(ks[0], (3, 3, 1, 2), dtype)},
+            "conv2": {"kernel": 0.5 * jax.random.normal(ks[1], (3, 3, 2, 2), dtype)},
+        },
+        "heads": {
+            f"task{t}": {
+                "conv": {"kernel": 0.5 * jax.random.normal(ks[3 + 2 * t], (2, 2, 2, 1), dtype)},
+                "dense": {"kernel": 0.5 * jax.random.normal(ks[4 + 2 * t], (1, 1), dtype)},
+            }
+            for t in range(n_tasks)
+        },
+    }
+    x = jax.random.normal(ks[2], (2, 6, 6, 1), dtype)
+    ys = jax.random.normal(jax.random.fold_in(key, 7), (n_tasks, 2, 1), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def conv(h, k):
+        return lax.conv_general_dilated(h, k, (1, 1), "VALID", dimension_numbers=dn)
+
+    def task_losses_fn(p, x, ys):
+        h = jnp.tanh(conv(x, p["encoder"]["conv1"]["kernel"]))  # (2,4,4,2)
+        h = jnp.tanh(conv(h, p["encoder"]["conv2"]["kernel"]))  # (2,2,2,2)
+        losses = []
+        for t in range(n_tasks):
+            hp = p["heads"][f"task{t}"]
+            z = jnp.tanh(conv(h, hp["conv"]["kernel"]))  # (2,1,1,1)
+            pred = z.reshape(z.shape[0], -1) @ hp["dense"]["kernel"]
+            losses.append(jnp.mean((pred - ys[t]) ** 2))
+        return jnp.stack(losses)
+
+    return params, task_losses_fn, (x, ys)
+
+
+def conv_select(g):
+    return [g["encoder"]["conv2"]["kernel"]]
+
+
+def assert_tree_allclose(a, b, rtol=1e-7, atol=1e-9):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb, f"tree structures differ:\n{ta}\n{tb}"
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)

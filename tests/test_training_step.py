@@ -1,0 +1,145 @@
+"""The compiled train step, the problem built from a Flax model, the non-finite guard and the eval step.
+
+Oracles are written here from ``model.apply`` and ``jax.grad`` per task, never from the engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _training_common import LAST_SHARED, TinyMTL, accuracy_metrics, make_data, task_losses  # noqa: E402
+
+from orthojax.data.loader import iterate_batches  # noqa: E402
+from orthojax.methods import get_method  # noqa: E402
+from orthojax import training  # noqa: E402
+
+LR = 0.1
+
+
+def _setup(method_name="equal", use_bn=False, dropout=0.0, optimizer=None):
+    model = TinyMTL(use_bn=use_bn, dropout=dropout)
+    method = get_method(method_name, **({"alpha": 1.0} if method_name == "cosreg" else {}))
+    optimizer = optax.sgd(LR) if optimizer is None else optimizer
+    data = make_data(8)
+    state = training.init_train_state(jax.random.key(0), model, method, optimizer, data["image"][:2])
+    step = training.make_train_step(model, task_losses, method, optimizer, last_shared=LAST_SHARED)
+    return model, state, jax.jit(step), {k: jnp.asarray(v) for k, v in data.items()}
+
+
+def _oracle_task_grads(model, params, batch_stats, batch):
+    """Per-task full gradients and the new BatchNorm statistics, from T separate jax.grad calls."""
+    def loss_t(p, t):
+        variables = {"params": p, **({"batch_stats": batch_stats} if batch_stats else {})}
+        if batch_stats:
+            out, upd = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+        else:
+            out, upd = model.apply(variables, batch["image"], train=True), {}
+        return task_losses(out, batch)[t], upd.get("batch_stats", {})
+
+    grads, stats = zip(*[jax.grad(loss_t, has_aux=True)(params, t) for t in range(2)])
+    return grads, stats[0]
+
+
+def _np_cosine(g1, g2):
+    a, b = np.ravel(g1), np.ravel(g2)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_equal_step_matches_sgd_on_summed_loss_and_reports_cosine():
+    model, state, step, batch = _setup("equal")
+    grads, _ = _oracle_task_grads(model, state.params, {}, batch)
+    total = jax.tree.map(lambda a, b: a + b, *grads)
+    new, metrics = step(state, batch)
+    expected = jax.tree.map(lambda p, g: p - LR * g, state.params, total)
+    for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g1, g2 = (g["encoder"]["conv2"]["kernel"] for g in grads)
+    c = _np_cosine(g1, g2)
+    np.testing.assert_allclose(metrics["cosine"], [[1, c], [c, 1]], rtol=1e-4, atol=1e-5)
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(total)])
+    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(flat), rtol=1e-5)
+    np.testing.assert_allclose(metrics["task_weights"], [1.0, 1.0])
+    assert int(new.step) == 1 and bool(metrics["finite"]) and "penalty" not in metrics
+
+
+def test_cosreg_step_with_batchnorm_reports_exact_cosine_penalty_and_new_stats():
+    model, state, step, batch = _setup("cosreg", use_bn=True)
+    grads, stats = _oracle_task_grads(model, state.params, state.batch_stats, batch)
+    new, metrics = step(state, batch)
+    c = _np_cosine(*(g["encoder"]["conv2"]["kernel"] for g in grads))
+    np.testing.assert_allclose(metrics["cosine"][0, 1], c, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics["penalty"], c**2, rtol=1e-4, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(stats)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(new.batch_stats)[0], jax.tree.leaves(state.batch_stats)[0])
+    np.testing.assert_allclose(metrics["loss"], np.sum(metrics["task_losses"]) + metrics["penalty"], rtol=1e-5)
+
+
+def test_step_key_depends_on_step_only():
+    _, state, step, batch = _setup("equal", dropout=0.5)
+    _, m1 = step(state, batch)
+    _, m2 = step(state, batch)
+    _, m3 = step(state.replace(step=jnp.asarray(5, jnp.int32)), batch)
+    np.testing.assert_array_equal(m1["task_losses"], m2["task_losses"])
+    assert not np.allclose(m1["task_losses"], m3["task_losses"])
+
+
+def test_nonfinite_step_leaves_model_unchanged_and_is_counted():
+    _, state, step, batch = _setup("cosreg", use_bn=True, optimizer=optax.adam(1e-2))
+    bad = dict(batch, image=batch["image"].at[0, 0, 0, 0].set(jnp.nan))
+    after_bad, metrics = step(state, bad)
+    assert not bool(metrics["finite"])
+    for field in ("params", "batch_stats", "opt_state", "method_state"):
+        for got, want in zip(jax.tree.leaves(getattr(after_bad, field)), jax.tree.leaves(getattr(state, field))):
+            np.testing.assert_array_equal(got, want)
+    assert (int(after_bad.step), int(after_bad.nonfinite_total), int(after_bad.nonfinite_streak)) == (1, 1, 1)
+    after_bad2, _ = step(after_bad, bad)
+    assert int(after_bad2.nonfinite_streak) == 2
+    good, metrics = step(after_bad2, batch)
+    assert bool(metrics["finite"])
+    assert (int(good.nonfinite_total), int(good.nonfinite_streak)) == (2, 0)
+    assert not np.allclose(jax.tree.leaves(good.params)[0], jax.tree.leaves(state.params)[0])
+
+
+def test_check_streak_message():
+    training.check_streak(2, 3, step=10)
+    training.check_streak(99, 0, step=10)
+    with pytest.raises(training.NonFiniteError, match="3 consecutive steps"):
+        training.check_streak(3, 3, step=10)
+
+
+def test_problem_encode_decode_reproduces_task_losses_with_bn_and_dropout():
+    model = TinyMTL(use_bn=True, dropout=0.5)
+    data = make_data(8)
+    state = training.init_train_state(jax.random.key(1), model, get_method("equal"), optax.sgd(0.1), data["image"])
+    problem = training.make_problem(model, task_losses, state.batch_stats, last_shared=LAST_SHARED)
+    rng = jax.random.key(3)
+    losses, stats = problem.task_losses(state.params, data, rng)
+    zs, extras = problem.encode(state.params, data, rng)
+    losses2, stats2 = problem.decode(state.params, zs, extras, data, rng)
+    np.testing.assert_allclose(losses, losses2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats2)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_eval_step_is_exact_over_uneven_batches():
+    model = TinyMTL(use_bn=True)
+    train, test = make_data(8), make_data(23, seed=5)
+    state = training.init_train_state(jax.random.key(2), model, get_method("equal"), optax.sgd(0.1), train["image"])
+    metrics = accuracy_metrics()
+    eval_step = jax.jit(training.make_eval_step(model, metrics))
+    acc = metrics.init()
+    for batch in iterate_batches(test, 5, 0, 0, drop_last=False, shuffle=False):
+        acc = eval_step(state, acc, batch)
+    result = metrics.finalize(jax.device_get(acc))
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, test["image"], train=False)
+    expected = [float(np.mean(np.argmax(o, -1) == test["labels"][:, t])) for t, o in enumerate(outputs)]
+    assert result["count"] == 23
+    np.testing.assert_allclose(result["accuracy"], expected, rtol=0, atol=0)
