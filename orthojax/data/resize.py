@@ -145,10 +145,9 @@ def resize_dense(
 
 
 def hflip(sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Mirror a sample left-right (axis 1 of a batch, axis 1 of an unbatched (H, W, ...) array).
+    """Mirror one unbatched sample (arrays (H, W, ...)) left-right.
 
-    Works on unbatched samples (H, W, ...). The x component of ``normal`` is
-    negated (camera frame with x to the right).
+    The x component of ``normal`` is negated (camera frame with x to the right).
     """
     out = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in sample.items()}
     if "normal" in out:
