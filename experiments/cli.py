@@ -60,7 +60,9 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
     parser.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's global batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    parser.add_argument("--alpha", type=float, default=default_alpha, help="CosReg penalty weight")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help=f"CosReg penalty weight (default: the paper's, {default_alpha:g} here; rows of the "
+                             f"paper's table that fix their own alpha keep it unless this is given)")
     parser.add_argument("--scale-alpha-by-loss", action=argparse.BooleanOptionalAction, default=None,
                         help="CosReg: multiply alpha by the (constant) mean task loss; default: the preset's")
     parser.add_argument("--gradnorm-alpha", type=float, default=1.5, help="GradNorm asymmetry")
@@ -78,3 +80,31 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
                         help="multi-host: call jax.distributed.initialize() (each process feeds its slice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def method_kwargs_from_args(args: argparse.Namespace, default_alpha: float,
+                            scale_alpha_default: bool = False) -> dict[str, dict]:
+    """Hyper-parameters given on the command line (or the benchmark's defaults), keyed by method name."""
+    scale = args.scale_alpha_by_loss if args.scale_alpha_by_loss is not None else scale_alpha_default
+    alpha = args.alpha if args.alpha is not None else default_alpha
+    kwargs: dict[str, dict] = {
+        "cosreg": {"alpha": alpha, "scale_alpha_by_loss": scale},
+        "gradnorm": {"alpha": args.gradnorm_alpha, "on": args.gradnorm_on},
+    }
+    if args.rotograd_lr is not None:
+        for name in ("rotate_only", "rotograd", "rotograd_norm"):
+            kwargs[name] = {"learning_rate": args.rotograd_lr}
+    return kwargs
+
+
+def settings_overrides(args: argparse.Namespace) -> dict:
+    """The RunSettings fields the command line overrides (only those given)."""
+    out = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+        "seeds": args.seeds, "max_steps": args.max_steps, "recon_k": args.recon_k, "recon_s": args.recon_s,
+        "recon_stage1_epochs": args.recon_stage1_epochs,
+    }
+    out = {k: v for k, v in out.items() if v is not None}
+    out.update(checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
+               recon_base=args.recon_base)
+    return out

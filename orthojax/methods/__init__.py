@@ -16,7 +16,14 @@ from orthojax.methods.recon import (
     shared_layer_prefixes,
 )
 from orthojax.methods.registry import METHODS, get_method, method_names
-from orthojax.methods.rotograd import RotoGradState, rotate_only, rotation_matrices, rotograd, rotograd_norm
+from orthojax.methods.rotograd import (
+    RotoGradState,
+    rotate_only,
+    rotate_representations,
+    rotation_matrices,
+    rotograd,
+    rotograd_norm,
+)
 from orthojax.methods.scalarization import equal, single_task, weighted_sum
 from orthojax.methods.uncertainty import UncertaintyState, uncertainty
 
@@ -42,6 +49,7 @@ __all__ = [
     "method_names",
     "recon",
     "rotate_only",
+    "rotate_representations",
     "rotation_matrices",
     "rotograd",
     "rotograd_norm",

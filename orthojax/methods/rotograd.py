@@ -27,6 +27,7 @@ The heads and every other parameter receive the plain gradient of sum_k L_k.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, NamedTuple, Optional
 
@@ -39,7 +40,9 @@ from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
 
 PyTree = Any
 
-__all__ = ["RotoGradState", "rotate_only", "rotograd", "rotograd_norm", "rotation_matrices"]
+__all__ = [
+    "RotoGradState", "rotate_only", "rotate_representations", "rotograd", "rotograd_norm", "rotation_matrices",
+]
 
 _EPS = 1e-15
 _VARIANTS = ("rotate_only", "rotograd", "rotograd_norm")
@@ -70,6 +73,26 @@ def rotation_matrices(state: RotoGradState) -> jax.Array:
     return _rotations(state.base, state.learnable["skew"])
 
 
+def rotate_representations(state: RotoGradState, zs: Any) -> tuple:
+    """The heads' inputs (R_k z_k for each task k): what a trained RotoGrad model decodes at evaluation.
+
+    The heads were trained on rotated representations, so evaluation must decode
+    ``problem.decode(params, rotate_representations(state, zs), extras, ...)`` with the method's state.
+
+    Args:
+      state: a RotoGrad state.
+      zs: the T per-task representations from ``problem.encode`` (channels last).
+
+    Returns:
+      A tuple of T rotated representations.
+    """
+    zs = tuple(jax.tree.leaves(zs))
+    rotations = rotation_matrices(state)
+    if len(zs) != rotations.shape[0]:
+        raise ValueError(f"expected {rotations.shape[0]} representations; got {len(zs)}")
+    return tuple(_rotate(z, r) for z, r in zip(zs, rotations))
+
+
 def _rotations(base: jax.Array, skew: jax.Array) -> jax.Array:
     return jnp.matmul(base, jax.vmap(expm)(skew - jnp.swapaxes(skew, -1, -2)))
 
@@ -91,6 +114,12 @@ def _random_rotation(key: jax.Array, m: int) -> jax.Array:
     q = q * jnp.sign(jnp.diagonal(r))[None, :]
     flip = jnp.where(jnp.linalg.det(q) < 0, -1.0, 1.0)
     return q.at[:, 0].multiply(flip)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _random_rotations(seed: int, num_tasks: int, m: int) -> jax.Array:
+    keys = jax.random.split(jax.random.key(seed), num_tasks)
+    return jax.vmap(lambda k: _random_rotation(k, m))(keys)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -133,8 +162,7 @@ def _build(
         if num_tasks < 2:
             raise ValueError(f"{variant} needs at least 2 tasks; got {num_tasks}")
         if random_init:
-            keys = jax.random.split(jax.random.key(seed), num_tasks)
-            base = jax.vmap(lambda k: _random_rotation(k, m))(keys)
+            base = _random_rotations(seed, num_tasks, m)
         else:
             base = jnp.broadcast_to(jnp.eye(m, dtype=jnp.float32), (num_tasks, m, m))
         learnable = {"skew": jnp.zeros((num_tasks, m, m), jnp.float32)}
@@ -163,7 +191,9 @@ def _build(
             if z.shape[-1] < m:
                 raise ValueError(f"{variant}: latent_size {m} exceeds the representation's {z.shape[-1]} channels")
 
-        rotations = jax.lax.stop_gradient(rotation_matrices(state))
+        # one matrix exponential per step: its pullback carries the rotation loss back to the skew parameters
+        rotations, rotations_pullback = jax.vjp(lambda a: _rotations(state.base, a), state.learnable["skew"])
+        rotations = jax.lax.stop_gradient(rotations)
         rotated = [_rotate(z, r) for z, r in zip(z_leaves, rotations)]
 
         def decode(p, zt):
@@ -189,26 +219,26 @@ def _build(
         initial_norms = jnp.where(first, norms, state.initial_norms.astype(norms.dtype))
         initial_losses = jnp.where(first, losses, state.initial_losses.astype(losses.dtype))
 
-        def rotation_loss(skew):
-            r_all = _rotations(state.base, skew)
+        def rotation_loss(r_all):
             per_task = []
             for hk, rk in zip(h, r_all):
                 diff = _rotate(reference, rk) - hk
                 per_task.append(jnp.mean(jnp.sum(diff * diff, axis=-1)))
-            return jnp.stack(per_task)
+            return jnp.sum(jnp.stack(per_task)), jnp.stack(per_task)
 
-        def learnable_loss(learnable):
-            rot = rotation_loss(learnable["skew"])
-            total = jnp.sum(rot)
-            if variant == "rotograd_norm":
-                w = num_tasks * jax.nn.softmax(learnable["log_weights"]).astype(norms.dtype)
+        (_, rot_losses), rotation_grads = jax.value_and_grad(rotation_loss, has_aux=True)(rotations)
+        (skew_grads,) = rotations_pullback(rotation_grads.astype(rotations.dtype))
+        learn_grads = {"skew": skew_grads}
+        if variant == "rotograd_norm":
+
+            def gradnorm_loss(log_weights):
+                w = num_tasks * jax.nn.softmax(log_weights).astype(norms.dtype)
                 shared = jax.lax.stop_gradient(_norm(sum(wk * gk for wk, gk in zip(w, g)) / num_tasks))
                 ratios = losses / initial_losses
                 target = jax.lax.stop_gradient(shared * (ratios / jnp.mean(ratios)) ** alpha)
-                total = total + jnp.sum(jnp.abs(w * norms - target))
-            return total, rot
+                return jnp.sum(jnp.abs(w * norms - target))
 
-        (_, rot_losses), learn_grads = jax.value_and_grad(learnable_loss, has_aux=True)(state.learnable)
+            learn_grads["log_weights"] = jax.grad(gradnorm_loss)(state.learnable["log_weights"])
         updates, opt_state = optimizer.update(learn_grads, state.opt_state, state.learnable)
         learnable = optax.apply_updates(state.learnable, updates)
 

@@ -1,0 +1,52 @@
+"""The flow every experiment shares: set up devices, run the table, write results and plots."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+
+from experiments.report import Column, summarize, write_plots, write_results
+from experiments.runner import Benchmark, Row, RunSettings, run_table
+from orthojax.training import initialize_distributed
+
+__all__ = ["default_workdir", "run_benchmark", "setup_runtime"]
+
+
+def default_workdir(name: str, preset: str) -> str:
+    """``runs/<experiment>-<preset>``."""
+    return os.path.join("runs", f"{name}-{preset}")
+
+
+def setup_runtime(distributed: bool) -> None:
+    """Multi-host initialisation (``--distributed``) and a line saying which devices run the job."""
+    initialize_distributed(distributed)
+    if jax.process_index() == 0:
+        devices = jax.devices()
+        print(f"devices: {len(devices)} x {devices[0].platform} ({jax.process_count()} process(es))",
+              file=sys.stderr)
+
+
+def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, workdir: str, *, title: str,
+                  columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], data_info: Mapping,
+                  protocol: Mapping[str, Any], notes: Sequence[str] = (),
+                  extra: Optional[Callable[[list, list], tuple[list, dict]]] = None) -> list:
+    """Runs ``rows`` and writes ``results.md``, ``results.json`` and ``plots/`` in ``workdir``.
+
+    ``extra(row_results, summary) -> (sections, json)`` adds benchmark-specific sections (e.g. the
+    field's nine NYUv2 metrics and Delta_m).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    row_results = run_table(bench, settings, rows, workdir)
+    summary = summarize(row_results, columns)
+    sections, extra_json = extra(row_results, summary) if extra else ([], {})
+    if jax.process_index() == 0:
+        plots = write_plots(workdir, row_results, title)
+        write_results(workdir, title=title, data_info=data_info, protocol=protocol, summary=summary,
+                      columns=columns, paper=paper, notes=notes, extra_sections=sections,
+                      extra_json={**extra_json, "plots": plots})
+        print(open(os.path.join(workdir, "results.md")).read())
+        print(f"results: {os.path.join(workdir, 'results.md')}", file=sys.stderr)
+    return summary

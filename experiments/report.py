@@ -1,0 +1,132 @@
+"""Turns row results into the paper-style table (``results.md`` / ``results.json``) and the plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from orthojax.plots import plot_cosine_distributions, plot_rolling_sigma, plot_training_curves
+
+__all__ = ["Column", "mean_std", "summarize", "write_plots", "write_results"]
+
+Column = tuple  # (key, label, digits)
+
+
+def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
+    """Mean and (population) standard deviation of the non-missing values, and their count."""
+    vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if vals.size == 0:
+        return None, None, 0
+    return float(vals.mean()), float(vals.std()), int(vals.size)
+
+
+def summarize(row_results: Sequence[Mapping], columns: Sequence[Column]) -> list[dict]:
+    """Per row: mean, std and count over seeds of every column and of sigma (the cosine std)."""
+    out = []
+    for row in row_results:
+        seeds = row["per_seed"]
+        entry = {"row": row["row"], "label": row["label"], "method": row["method"],
+                 "method_kwargs": row["method_kwargs"], "model_kwargs": row["model_kwargs"],
+                 "seeds": [s["seed"] for s in seeds], "columns": {}}
+        for key, _, _ in columns:
+            mean, std, n = mean_std([s["metrics"].get(key) for s in seeds])
+            entry["columns"][key] = {"mean": mean, "std": std, "n": n}
+        mean, std, n = mean_std([s["sigma"] for s in seeds])
+        entry["sigma"] = {"mean": mean, "std": std, "n": n}
+        mean, std, n = mean_std([s["mu"] for s in seeds])
+        entry["mu"] = {"mean": mean, "std": std, "n": n}
+        if any("recon_layers" in s for s in seeds):
+            entry["recon_layers"] = [s.get("recon_layers") for s in seeds]
+        entry["incomplete"] = [s["seed"] for s in seeds if s["status"] != "completed"]
+        out.append(entry)
+    return out
+
+
+def _fmt(stat: Mapping, digits: int) -> str:
+    if stat["mean"] is None:
+        return "-"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["n"] > 1:
+        text += f" ± {stat['std']:.{digits}f}"
+    return text
+
+
+def _paper_cell(paper: Optional[Mapping], key: str, digits: int) -> str:
+    value = None if paper is None else paper.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(summary: Sequence[Mapping], columns: Sequence[Column],
+                   paper: Mapping[str, Mapping[str, float]], sigma_digits: int = 3) -> str:
+    """Ours (mean ± std over seeds) beside the paper's published value, one row per method."""
+    head = ["Method"] + [f"{label} (ours)" for _, label, _ in columns] + [f"{label} (paper)" for _, label, _ in columns]
+    head += ["σ cos (ours)", "σ cos (paper)", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in summary:
+        ref = paper.get(entry["row"])
+        cells = [entry["label"]]
+        cells += [_fmt(entry["columns"][key], digits) for key, _, digits in columns]
+        cells += [_paper_cell(ref, key, digits) for key, _, digits in columns]
+        cells += [_fmt(entry["sigma"], sigma_digits), _paper_cell(ref, "sigma", 2), str(len(entry["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(workdir: str, *, title: str, data_info: Mapping, protocol: Mapping, summary: Sequence[Mapping],
+                  columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], notes: Sequence[str] = (),
+                  extra_sections: Sequence[tuple[str, str]] = (), extra_json: Optional[Mapping[str, Any]] = None) -> None:
+    """Writes ``results.json`` and ``results.md`` in ``workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    payload = {"title": title, "data": dict(data_info), "protocol": dict(protocol), "columns": [list(c) for c in columns],
+               "rows": list(summary), "paper": {k: dict(v) for k, v in paper.items()}, "notes": list(notes),
+               **dict(extra_json or {})}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    synthetic = bool(data_info.get("synthetic"))
+    lines = [f"# {title}", ""]
+    lines.append(f"- Data: **{'SYNTHETIC (procedural scenes, not the real dataset)' if synthetic else 'real'}** — "
+                 f"{data_info.get('name', '')} ({data_info.get('source', '')})")
+    for key, value in protocol.items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", markdown_table(summary, columns, paper), ""]
+    lines.append("Ours: mean ± std over seeds of the final-epoch evaluation; σ cos: standard deviation of the "
+                 "task-gradient cosines of the last shared layer over all training iterations (mean over seeds "
+                 "and task pairs).")
+    for note in notes:
+        lines.append(f"- {note}")
+    for heading, body in extra_sections:
+        lines += ["", f"## {heading}", "", body]
+    incomplete = [f"{e['label']}: seeds {e['incomplete']}" for e in summary if e["incomplete"]]
+    if incomplete:
+        lines += ["", "**Incomplete runs** (interrupted or stopped by the non-finite guard): " + "; ".join(incomplete)]
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plots(workdir: str, row_results: Sequence[Mapping], title: str, window: int = 50) -> list[str]:
+    """Figures 2/4 (cosine distributions), 5 (rolling sigma) and training curves, in ``workdir/plots``."""
+    plots = os.path.join(workdir, "plots")
+    cosines = {}
+    curves = {}
+    for row in row_results:
+        pooled = [np.asarray(s["cosines"], dtype=np.float64) for s in row["per_seed"] if len(s["cosines"])]
+        if pooled:
+            first = pooled[0]
+            cosines[row["label"]] = first[:, 0] if first.ndim == 2 else first
+        losses = [s["loss"] for s in row["per_seed"] if s["loss"]]
+        if losses:
+            curves[row["label"]] = {"loss": list(np.asarray(losses[0], dtype=np.float64).reshape(len(losses[0]), -1).mean(axis=1))}
+    written = []
+    if cosines:
+        written.append(str(plot_cosine_distributions(cosines, os.path.join(plots, "cosine_distributions.png"),
+                                                     title=f"{title}: task-gradient cosines (first task pair, seed 0)")))
+        if min(len(v) for v in cosines.values()) >= window:
+            written.append(str(plot_rolling_sigma(cosines, os.path.join(plots, "rolling_sigma.png"), window=window,
+                                                  title=f"{title}: rolling σ of cosines ({window} iterations)")))
+    if curves:
+        written.append(str(plot_training_curves(curves, os.path.join(plots, "training_curves.png"),
+                                                title=f"{title}: training loss")))
+    return written

@@ -1,0 +1,301 @@
+"""Runs a benchmark's table: every row (method + model options) for every seed, through one engine.
+
+A :class:`Benchmark` says what is specific to a dataset (model, task losses, metrics, data); this module
+does the rest the same way for all of them: single-task rows (one run per task), Recon's two stages, the
+runs' workdirs and resumption, and the per-row summaries that :mod:`experiments.report` turns into
+``results.md`` / ``results.json`` and plots.
+
+Layout of ``<workdir>``: ``<row>/seed_<s>/`` per run (``<row>/seed_<s>/task_<t>/`` for single task,
+``recon/seed_<s>/stage1`` and ``.../retrain`` for Recon), each an engine workdir (config.json,
+metrics.jsonl, tb/, checkpoints/, history.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from orthojax.data import iterate_batches, prefetch, steps_per_epoch
+from orthojax.diagnostics import pairwise_cosines, phi_stats
+from orthojax.methods import get_method
+from orthojax.methods.recon import conflict_scores, save_scores_json, select_conflict_layers
+from orthojax.training import EvalMetrics, TrainConfig, train_and_evaluate
+
+Batch = Mapping[str, Any]
+
+__all__ = ["Benchmark", "Row", "RunSettings", "row_for", "run_row", "run_table"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One table row: a method with its hyper-parameters and model options."""
+
+    key: str
+    label: str
+    method: str
+    method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The protocol of one table: optimisation, seeds and loop settings."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seeds: Sequence[int]
+    lr_decay_every_epochs: int = 0  # 0: constant learning rate; else x lr_decay_factor every N epochs
+    lr_decay_factor: float = 0.5
+    eval_batch_size: int = 64
+    max_steps: Optional[int] = None
+    checkpoint_every: int = 0
+    vmap_seeds: bool = False
+    resume: bool = False
+    progress: bool = True
+    recon_k: int = 1
+    recon_s: float = 0.0
+    recon_base: str = "equal"
+    recon_stage1_epochs: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """What is specific to a dataset.
+
+    Attributes:
+      name: e.g. "multidigit_mnist".
+      task_names: the T task names, in model output order.
+      train: training split (dict of NumPy arrays); eval: the split evaluated every epoch.
+      build_model: ``fn(model_kwargs) -> nn.Module``.
+      task_losses: ``fn(outputs, batch) -> (T,)``.
+      eval_metrics: the accumulator; its finalize returns a flat dict of floats / lists.
+      table_metrics: ``fn(finalized eval) -> {column: value}`` for a multi-task run.
+      single_task_metrics: ``fn(task t, finalized eval) -> {column: value}`` (task t's columns only).
+      latent_size: ``fn(model) -> int`` channels of the shared representation (RotoGrad).
+      augment: optional ``transform(batch, rng) -> batch`` for training batches.
+      combine_single_task: optional ``fn(columns) -> columns`` completing a single-task row once every
+        task's columns are in (e.g. the harmonic mean of the task accuracies).
+    """
+
+    name: str
+    task_names: tuple[str, ...]
+    train: Mapping[str, np.ndarray]
+    eval: Mapping[str, np.ndarray]
+    build_model: Callable[[Mapping[str, Any]], nn.Module]
+    task_losses: Callable[[tuple, Batch], jax.Array]
+    eval_metrics: EvalMetrics
+    table_metrics: Callable[[Mapping[str, Any]], dict]
+    single_task_metrics: Callable[[int, Mapping[str, Any]], dict]
+    latent_size: Callable[[nn.Module], int]
+    augment: Optional[Callable[[Batch, np.random.Generator], Batch]] = None
+    combine_single_task: Optional[Callable[[dict], dict]] = None
+
+
+def row_for(key: str, known_rows: Mapping[str, Row], cli_kwargs: Mapping[str, Mapping[str, Any]],
+            recon_base: str = "equal") -> Row:
+    """The row ``key``: a benchmark-defined row, else the registry method of that name.
+
+    ``cli_kwargs`` maps method names to hyper-parameters from the command line (e.g. {"cosreg":
+    {"alpha": 10}}); they complete the row's own hyper-parameters, never override them. A Recon row
+    carries the hyper-parameters of the method that retrains its network (``recon_base``).
+    """
+    row = known_rows[key] if key in known_rows else Row(key=key, label=key, method=key)
+    source = recon_base if row.method == "recon" else row.method
+    kwargs = {**dict(cli_kwargs.get(source, {})), **dict(row.method_kwargs)}
+    return dataclasses.replace(row, method_kwargs=kwargs)
+
+
+def _optimizer(settings: RunSettings, steps_per_epoch_: int) -> optax.GradientTransformation:
+    if settings.lr_decay_every_epochs:
+        schedule = optax.exponential_decay(
+            settings.learning_rate, transition_steps=settings.lr_decay_every_epochs * steps_per_epoch_,
+            decay_rate=settings.lr_decay_factor, staircase=True,
+        )
+        return optax.adam(schedule)
+    return optax.adam(settings.learning_rate)
+
+
+def _batches(bench: Benchmark, settings: RunSettings, seed: int) -> Callable:
+    def train_batches(epoch: int, start: int):
+        return prefetch(iterate_batches(
+            bench.train, settings.batch_size, seed, epoch, start_step=start,
+            process_index=jax.process_index(), process_count=jax.process_count(), transform=bench.augment,
+        ))
+    return train_batches
+
+
+def _eval_batches(bench: Benchmark, settings: RunSettings) -> Callable:
+    def eval_batches():
+        return iterate_batches(
+            bench.eval, settings.eval_batch_size, 0, 0, drop_last=False, shuffle=False,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+    return eval_batches
+
+
+def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
+           model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> dict:
+    """One engine run (S vmapped seeds when ``len(seeds) > 1``); returns the run summary."""
+    done = os.path.join(workdir, "summary.json")
+    if settings.resume and os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    model = bench.build_model(dict(model_kwargs))
+    kwargs = dict(method_kwargs)
+    if method_name in ("rotate_only", "rotograd", "rotograd_norm"):
+        kwargs.setdefault("latent_size", bench.latent_size(model))
+        kwargs.setdefault("learning_rate", settings.learning_rate / 2)
+    method = get_method(method_name, **kwargs)
+    n_steps = steps_per_epoch(len(next(iter(bench.train.values()))), settings.batch_size)
+    sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
+    config = TrainConfig(
+        num_epochs=epochs or settings.epochs, seed=int(seeds[0]), num_seeds=len(seeds),
+        checkpoint_every=settings.checkpoint_every, resume=settings.resume, max_steps=settings.max_steps,
+        progress=settings.progress, log_every=max(1, min(50, n_steps)),
+    )
+    result = train_and_evaluate(
+        config, workdir, model=model, task_losses=bench.task_losses, method=method,
+        optimizer=_optimizer(settings, n_steps), train_batches=_batches(bench, settings, int(seeds[0])),
+        steps_per_epoch=n_steps, sample_batch=sample, last_shared=model.last_shared_layer(),
+        eval_batches=_eval_batches(bench, settings), eval_metrics=bench.eval_metrics,
+        run_config={"benchmark": bench.name, "method": method_name, "method_kwargs": kwargs,
+                    "model_kwargs": dict(model_kwargs), "seeds": list(seeds),
+                    "settings": dataclasses.asdict(settings)},
+    )
+    history = result.history
+    final_eval = history.epochs[-1]["eval"] if history.epochs else None
+    summary = {
+        "status": history.status,
+        "seeds": list(seeds),
+        "eval": _per_seed(final_eval, len(seeds)),
+        "cosine": _cosine_history(history, len(seeds)),
+        "loss": _per_seed_steps(history, "loss", len(seeds)),
+        "steps": len(history.train),
+        "nonfinite_steps": len(history.nonfinite_steps),
+        "layer_cosines": history.metric("layer_cosines").tolist() if method_name == "recon" else None,
+    }
+    if history.status == "completed":
+        with open(done, "w") as f:
+            json.dump(summary, f)
+    return summary
+
+
+def _per_seed(evaluation: Optional[Mapping], num_seeds: int) -> list:
+    """The finalized eval of each seed (the engine stacks per-seed lists when vmapped)."""
+    if evaluation is None:
+        return [None] * num_seeds
+    if num_seeds == 1:
+        return [dict(evaluation)]
+    return [{k: v[i] for k, v in evaluation.items()} for i in range(num_seeds)]
+
+
+def _cosine_history(history, num_seeds: int) -> list:
+    """Per seed, the (steps, P) pairwise cosines of the last shared layer."""
+    cos = history.metric("cosine")
+    if cos.size == 0:
+        return [[] for _ in range(num_seeds)]
+    if num_seeds == 1:
+        cos = cos[:, None]
+    return [pairwise_cosines(cos[:, s])[0].tolist() for s in range(num_seeds)]
+
+
+def _per_seed_steps(history, name: str, num_seeds: int) -> list:
+    values = history.metric(name)
+    if num_seeds == 1:
+        values = values[:, None]
+    return [values[:, s].tolist() for s in range(num_seeds)] if values.size else [[] for _ in range(num_seeds)]
+
+
+def _seed_groups(settings: RunSettings) -> list[list[int]]:
+    return [list(settings.seeds)] if settings.vmap_seeds else [[s] for s in settings.seeds]
+
+
+def run_row(bench: Benchmark, settings: RunSettings, row: Row, workdir: str) -> dict:
+    """Runs one row for every seed; returns {"row", "label", "per_seed": [{"metrics", "sigma", ...}]}."""
+    per_seed: list = []
+    for seeds in _seed_groups(settings):
+        tag = f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
+        base = os.path.join(workdir, row.key, tag)
+        if row.method == "single_task":
+            per_seed.extend(_single_task(bench, settings, row, base, seeds))
+        elif row.method == "recon":
+            per_seed.extend(_recon(bench, settings, row, base, seeds))
+        else:
+            summary = _train(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds)
+            per_seed.extend(_seed_results(bench, summary))
+    return {"row": row.key, "label": row.label, "method": row.method, "method_kwargs": dict(row.method_kwargs),
+            "model_kwargs": dict(row.model_kwargs), "per_seed": per_seed}
+
+
+def _seed_results(bench: Benchmark, summary: Mapping) -> list:
+    out = []
+    for i, seed in enumerate(summary["seeds"]):
+        cosines = np.asarray(summary["cosine"][i], dtype=np.float64)
+        stats = phi_stats(cosines) if cosines.size else None
+        out.append({
+            "seed": seed,
+            "metrics": bench.table_metrics(summary["eval"][i]) if summary["eval"][i] else {},
+            "eval": summary["eval"][i],
+            "sigma": float(np.mean(stats.sigma)) if stats is not None else None,
+            "mu": float(np.mean(stats.mu)) if stats is not None else None,
+            "cosines": cosines.tolist(),
+            "loss": summary["loss"][i],
+            "status": summary["status"],
+        })
+    return out
+
+
+def _single_task(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
+    """One run per task; each seed's metrics take task t's columns from run t."""
+    summaries = [
+        _train(bench, settings, os.path.join(base, f"task_{t}"), "single_task", {"task": t}, row.model_kwargs, seeds)
+        for t in range(len(bench.task_names))
+    ]
+    out = []
+    for i, seed in enumerate(seeds):
+        metrics: dict = {}
+        for t, summary in enumerate(summaries):
+            if summary["eval"][i]:
+                metrics.update(bench.single_task_metrics(t, summary["eval"][i]))
+        if bench.combine_single_task is not None and len(metrics):
+            metrics = bench.combine_single_task(metrics)
+        out.append({"seed": seed, "metrics": metrics, "eval": [s["eval"][i] for s in summaries],
+                    "sigma": None, "mu": None, "cosines": [], "loss": summaries[0]["loss"][i],
+                    "status": "completed" if all(s["status"] == "completed" for s in summaries) else "incomplete"})
+    return out
+
+
+def _recon(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
+    """Recon: record per-layer cosines (stage 1), score, make the top-K layers task-specific, retrain."""
+    layers = tuple(bench.build_model(dict(row.model_kwargs)).shared_layer_names())
+    stage1 = _train(bench, settings, os.path.join(base, "stage1"), "recon",
+                    {"layers": layers, "base": "equal"}, row.model_kwargs, seeds,
+                    epochs=settings.recon_stage1_epochs)
+    history = np.asarray(stage1["layer_cosines"], dtype=np.float64)
+    if len(seeds) > 1:  # (steps, S, L, T, T): pool the seeds' iterations
+        history = history.reshape(-1, *history.shape[2:])
+    scores = np.asarray(conflict_scores(history, settings.recon_s))
+    k = min(settings.recon_k, len(layers))
+    selected = select_conflict_layers(scores, layers, k)
+    save_scores_json(os.path.join(base, "recon_scores.json"), layers, scores, threshold=settings.recon_s,
+                     num_steps=int(history.shape[0]), k=k)
+    model_kwargs = {**dict(row.model_kwargs), "task_specific_layers": tuple(selected)}
+    retrain = _train(bench, settings, os.path.join(base, "retrain"), settings.recon_base,
+                     dict(row.method_kwargs), model_kwargs, seeds)
+    results = _seed_results(bench, retrain)
+    for r in results:
+        r["recon_layers"] = list(selected)
+    return results
+
+
+def run_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> list:
+    """Runs every row; returns the list of row results (see :func:`run_row`)."""
+    return [run_row(bench, settings, row, workdir) for row in rows]

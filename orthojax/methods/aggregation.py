@@ -1,0 +1,241 @@
+"""Gradient aggregation methods: MGDA, PCGrad, IMTL-G, Aligned-MTL, UPGrad, DualProj, CAGrad.
+
+Each step computes, from one forward pass,
+
+* the Jacobian J of the task losses with respect to the shared parameters (``problem.shared``), by T
+  vector-Jacobian products batched with ``jax.vmap`` (as :func:`orthojax.task_jacobian` does);
+* the Gramian G = J J^T and the task weights w = weights_fn(G) (:mod:`orthojax.methods.gramian`);
+* the shared-parameter gradient d = w @ J;
+* the gradient of sum_t L_t for every other parameter: each task-specific decoder only sees its own loss,
+  so this is its own task gradient, untouched by the aggregation.
+
+``MethodStep.loss`` is sum_t L_t (for logging: the update is not the gradient of one scalar);
+metrics: "task_weights" (T,) and "gramian" (T, T). The weights are computed under ``stop_gradient``.
+
+Example::
+
+    method = orthojax.methods.aggregation.upgrad()
+    state = method.init(params, num_tasks)
+    out = method.step(problem, params, state, batch, rng)
+
+References: see :mod:`orthojax.methods.gramian`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from orthojax.methods import gramian as gm
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.select import make_selection
+
+PyTree = Any
+WeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+__all__ = [
+    "AGGREGATORS",
+    "aligned_mtl",
+    "cagrad",
+    "dualproj",
+    "gradient_aggregation",
+    "imtl_g",
+    "jacobian_step",
+    "mgda",
+    "pcgrad",
+    "upgrad",
+]
+
+# Folded into the step's key so that PCGrad's task order is independent of the model's own randomness.
+_PCGRAD_KEY_SALT = 0x5043
+
+
+def jacobian_step(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
+    """One forward pass; the shared-parameter Jacobian and the gradient of sum_t L_t for the rest.
+
+    Returns:
+      ``(losses, aux, jacobian, rest_grads, selection, rest_indices)``: ``jacobian`` is the list of (T, ...)
+      Jacobian leaves of the shared parameters (in ``selection.indices`` order), ``rest_grads`` the list of
+      gradients of sum_t L_t for the other leaves (in ``rest_indices`` order).
+    """
+    selection = make_selection(params, problem.shared)
+    chosen = set(selection.indices)
+    rest_indices = tuple(i for i in range(len(selection.leaves)) if i not in chosen)
+
+    def merged(shared_leaves, rest_leaves):
+        leaves = list(selection.leaves)
+        for i, leaf in zip(selection.indices, shared_leaves):
+            leaves[i] = leaf
+        for i, leaf in zip(rest_indices, rest_leaves):
+            leaves[i] = leaf
+        return selection.treedef.unflatten(leaves)
+
+    def losses_fn(shared_leaves, rest_leaves):
+        return task_losses_and_aux(problem, merged(shared_leaves, rest_leaves), batch, rng)
+
+    rest = [selection.leaves[i] for i in rest_indices]
+    losses, pullback, aux = jax.vjp(losses_fn, selection.selected, rest, has_aux=True)
+    num_tasks = losses.shape[0]
+    jacobian, _ = jax.vmap(pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
+    _, rest_grads = pullback(jnp.ones((num_tasks,), losses.dtype))
+    return losses, aux, jacobian, rest_grads, selection, rest_indices
+
+
+def _aggregation_method(name: str, weights_fn: WeightsFn, min_tasks: int = 1) -> Method:
+    def init(params: PyTree, num_tasks: int) -> tuple:
+        if num_tasks < min_tasks:
+            raise ValueError(f"{name} needs at least {min_tasks} tasks; got {num_tasks}")
+        return ()
+
+    def step(problem: MultiTaskProblem, params: PyTree, state: tuple, batch: Any, rng: jax.Array) -> MethodStep:
+        losses, aux, jacobian, rest_grads, selection, rest_indices = jacobian_step(problem, params, batch, rng)
+        jac = jax.lax.stop_gradient(jacobian)
+        G = gm.gramian(jac)
+        w = jax.lax.stop_gradient(weights_fn(G, rng))
+        shared_grads = gm.combine(w, jac)
+        leaves = list(selection.leaves)
+        for i, g in zip(selection.indices, shared_grads):
+            leaves[i] = g
+        for i, g in zip(rest_indices, rest_grads):
+            leaves[i] = g
+        grads = selection.treedef.unflatten(leaves)
+        metrics = {"task_weights": w, "gramian": G}
+        return MethodStep(grads, state, jnp.sum(losses), losses, aux, metrics)
+
+    return Method(name=name, init=init, step=step)
+
+
+def _check_pref(pref: Any, name: str) -> Optional[tuple]:
+    if pref is None:
+        return None
+    values = tuple(float(p) for p in pref)
+    if not values or not all(jnp.isfinite(v) for v in values):
+        raise ValueError(f"{name}: pref must be a non-empty sequence of finite numbers; got {pref!r}")
+    return values
+
+
+def mgda(num_iters: int = 100) -> Method:
+    """MGDA: the min-norm element of the convex hull of the shared task gradients (:func:`mgda_weights`).
+
+    Args:
+      num_iters: Frank-Wolfe steps of the T x T solver.
+    """
+    gm._check_positive_int(num_iters, "num_iters", "mgda")
+    return _aggregation_method("mgda", lambda G, rng: gm.mgda_weights(G, num_iters=num_iters))
+
+
+def pcgrad(random_order: bool = True) -> Method:
+    """PCGrad on the shared parameters (:func:`pcgrad_weights`).
+
+    Args:
+      random_order: draw each task's projection order from the step's ``rng`` (folded with a constant), as
+        the paper does; with False, the deterministic order 0, ..., T-1 (reproducible without a key).
+    """
+    if not isinstance(random_order, bool):
+        raise ValueError(f"pcgrad: random_order must be a bool; got {random_order!r}")
+
+    def weights_fn(G, rng):
+        key = jax.random.fold_in(rng, _PCGRAD_KEY_SALT) if random_order else None
+        return gm.pcgrad_weights(G, key)
+
+    return _aggregation_method("pcgrad", weights_fn)
+
+
+def imtl_g(eps: Optional[float] = None) -> Method:
+    """IMTL-G: equal projections of the shared update on every unit task gradient (:func:`imtl_g_weights`).
+
+    Args:
+      eps: threshold below which |sum(v)| gives zero weights (default 100 * machine epsilon).
+    """
+    if eps is not None:
+        gm._check_nonneg_float(eps, "eps", "imtl_g")
+    return _aggregation_method("imtl_g", lambda G, rng: gm.imtl_g_weights(G, eps=eps))
+
+
+def aligned_mtl(pref: Optional[Any] = None) -> Method:
+    """Aligned-MTL: the eigendecomposition-based alignment of the shared task gradients (:func:`aligned_mtl_weights`).
+
+    Args:
+      pref: optional (T,) preference weights (default 1/T each).
+    """
+    pref = _check_pref(pref, "aligned_mtl")
+    return _aggregation_method("aligned_mtl", lambda G, rng: gm.aligned_mtl_weights(G, pref))
+
+
+def upgrad(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: int = 2000) -> Method:
+    """UPGrad: the sum of the projections of the task gradients onto the dual cone (:func:`upgrad_weights`).
+
+    Args:
+      pref: optional (T,) preference weights (default 1/T each).
+      reg_eps: regularisation of the normalised Gramian.
+      num_iters: iterative-solver steps, used for T > 10 only.
+    """
+    pref = _check_pref(pref, "upgrad")
+    gm._check_nonneg_float(reg_eps, "reg_eps", "upgrad")
+    gm._check_positive_int(num_iters, "num_iters", "upgrad")
+    return _aggregation_method(
+        "upgrad", lambda G, rng: gm.upgrad_weights(G, pref, reg_eps=reg_eps, num_iters=num_iters)
+    )
+
+
+def dualproj(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: int = 2000) -> Method:
+    """DualProj: the projection of the mean task gradient onto the dual cone (:func:`dualproj_weights`).
+
+    Args:
+      pref: optional (T,) preference weights (default 1/T each).
+      reg_eps: regularisation of the normalised Gramian.
+      num_iters: iterative-solver steps, used for T > 10 only.
+    """
+    pref = _check_pref(pref, "dualproj")
+    gm._check_nonneg_float(reg_eps, "reg_eps", "dualproj")
+    gm._check_positive_int(num_iters, "num_iters", "dualproj")
+    return _aggregation_method(
+        "dualproj", lambda G, rng: gm.dualproj_weights(G, pref, reg_eps=reg_eps, num_iters=num_iters)
+    )
+
+
+def cagrad(c: float = 0.4, rescale: int = 1, num_outer: int = 30, num_inner: int = 30) -> Method:
+    """CAGrad: the conflict-averse direction in a ball of radius c ||g0|| around the mean gradient (:func:`cagrad_weights`).
+
+    Args:
+      c: relative radius, >= 0.
+      rescale: 0 (none), 1 (divide by 1 + c^2, the paper's code default) or 2 (divide by 1 + c).
+      num_outer: alternation steps of the solver.
+      num_inner: Frank-Wolfe steps per alternation.
+    """
+    gm._check_nonneg_float(c, "c", "cagrad")
+    if rescale not in (0, 1, 2) or isinstance(rescale, bool):
+        raise ValueError(f"cagrad: rescale must be 0, 1 or 2; got {rescale!r}")
+    gm._check_positive_int(num_outer, "num_outer", "cagrad")
+    gm._check_positive_int(num_inner, "num_inner", "cagrad")
+    return _aggregation_method(
+        "cagrad",
+        lambda G, rng: gm.cagrad_weights(G, c, rescale=rescale, num_outer=num_outer, num_inner=num_inner),
+    )
+
+
+AGGREGATORS: dict[str, Callable[..., Method]] = {
+    "mgda": mgda,
+    "pcgrad": pcgrad,
+    "imtl_g": imtl_g,
+    "aligned_mtl": aligned_mtl,
+    "upgrad": upgrad,
+    "dualproj": dualproj,
+    "cagrad": cagrad,
+}
+
+
+def gradient_aggregation(name: str, **hyperparameters: Any) -> Method:
+    """The aggregation method ``name`` (one of :data:`AGGREGATORS`) built with its hyper-parameters.
+
+    Raises:
+      KeyError: an unknown name (the message lists the known ones).
+      TypeError: a hyper-parameter the method does not take.
+    """
+    try:
+        factory = AGGREGATORS[name]
+    except KeyError:
+        raise KeyError(f"unknown aggregation {name!r}; known: {sorted(AGGREGATORS)}") from None
+    return factory(**hyperparameters)
