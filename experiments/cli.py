@@ -108,3 +108,13 @@ def settings_overrides(args: argparse.Namespace) -> dict:
     out.update(checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
                recon_base=args.recon_base)
     return out
+
+
+def add_segnet_flags(parser: argparse.ArgumentParser) -> None:
+    """SegNet options of the dense benchmarks: --width, --no-batchnorm, --vgg16-weights, --augment."""
+    parser.add_argument("--width", type=float, default=None,
+                        help="SegNet channel multiplier (1 = VGG16; default: the preset's)")
+    parser.add_argument("--no-batchnorm", action="store_true", help="SegNet without BatchNorm (plain vgg16)")
+    parser.add_argument("--vgg16-weights", default=None,
+                        help="ImageNet VGG16 weights for the encoder (.npz / .safetensors written by "
+                             "python -m orthojax.models.convert_vgg16); width 1 only")

@@ -26,7 +26,7 @@ from orthojax.data import iterate_batches, prefetch, steps_per_epoch
 from orthojax.diagnostics import pairwise_cosines, phi_stats
 from orthojax.methods import get_method
 from orthojax.methods.recon import conflict_scores, save_scores_json, select_conflict_layers
-from orthojax.training import EvalMetrics, TrainConfig, train_and_evaluate
+from orthojax.training import EvalMetrics, TrainConfig, model_variables, train_and_evaluate
 
 Batch = Mapping[str, Any]
 
@@ -83,6 +83,11 @@ class Benchmark:
       augment: optional ``transform(batch, rng) -> batch`` for training batches.
       combine_single_task: optional ``fn(columns) -> columns`` completing a single-task row once every
         task's columns are in (e.g. the harmonic mean of the task accuracies).
+      final_eval: optional ``fn(model, variables, eval_batches) -> dict`` run on the host once a run has
+        finished, merged into its final evaluation (for metrics a jitted accumulator cannot give exactly,
+        such as a pooled median).
+      init_variables: optional ``fn(variables) -> variables`` applied after initialisation (e.g. loading
+        pretrained encoder weights).
     """
 
     name: str
@@ -97,6 +102,8 @@ class Benchmark:
     latent_size: Callable[[nn.Module], int]
     augment: Optional[Callable[[Batch, np.random.Generator], Batch]] = None
     combine_single_task: Optional[Callable[[dict], dict]] = None
+    final_eval: Optional[Callable[[nn.Module, Any, Callable], dict]] = None
+    init_variables: Optional[Callable[[Any], Any]] = None
 
 
 def row_for(key: str, known_rows: Mapping[str, Row], cli_kwargs: Mapping[str, Mapping[str, Any]],
@@ -166,16 +173,24 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         optimizer=_optimizer(settings, n_steps), train_batches=_batches(bench, settings, int(seeds[0])),
         steps_per_epoch=n_steps, sample_batch=sample, last_shared=model.last_shared_layer(),
         eval_batches=_eval_batches(bench, settings), eval_metrics=bench.eval_metrics,
+        init_variables=bench.init_variables,
         run_config={"benchmark": bench.name, "method": method_name, "method_kwargs": kwargs,
                     "model_kwargs": dict(model_kwargs), "seeds": list(seeds),
                     "settings": dataclasses.asdict(settings)},
     )
     history = result.history
     final_eval = history.epochs[-1]["eval"] if history.epochs else None
+    per_seed_eval = _per_seed(final_eval, len(seeds))
+    if bench.final_eval is not None and history.status == "completed":
+        for i, evaluation in enumerate(per_seed_eval):
+            state = result.state if len(seeds) == 1 else jax.tree.map(lambda x, i=i: x[i], result.state)
+            variables = model_variables(state.params, state.batch_stats)
+            extra = bench.final_eval(model, variables, _eval_batches(bench, settings))
+            per_seed_eval[i] = {**(evaluation or {}), **extra}
     summary = {
         "status": history.status,
         "seeds": list(seeds),
-        "eval": _per_seed(final_eval, len(seeds)),
+        "eval": per_seed_eval,
         "cosine": _cosine_history(history, len(seeds)),
         "loss": _per_seed_steps(history, "loss", len(seeds)),
         "steps": len(history.train),

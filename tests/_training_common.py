@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -144,3 +145,30 @@ def flat_params(tree) -> dict:
     """Leaves keyed by path, as NumPy arrays (for saving with np.savez and exact comparison)."""
     flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str):
+    """Turns JAX's persistent compilation cache on (at ``path``) for the duration, then restores the
+    previous settings. Identical programs compiled by several runs (and by worker processes given
+    ``JAX_COMPILATION_CACHE_DIR=path`` and :data:`CACHE_ENV`) are then compiled once."""
+    from jax._src import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    previous = {n: getattr(jax.config, n) for n in names}
+    for name, value in zip(names, (path, 0.0, 0)):
+        jax.config.update(name, value)
+    cc.reset_cache()
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        cc.reset_cache()

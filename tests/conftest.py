@@ -89,31 +89,40 @@ def central_fd(f, params, eps=1e-6):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_mlp(key, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=jnp.float64):
+def _normal_factory(seed, dtype):
+    """Random arrays from NumPy (no per-shape compilation of JAX's PRNG kernels)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(shape):
+        return jnp.asarray(rng.normal(size=shape), dtype=dtype)
+
+    return normal
+
+
+def make_mlp(seed, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=jnp.float64):
     """Shared 2-layer tanh MLP + one linear head per task; MSE per task. Returns (params, fn, (x, ys))."""
-    ks = jax.random.split(key, 4 + 2 * n_tasks)
+    normal = _normal_factory(seed, dtype)
     params = {
         "encoder": {
             "dense1": {
-                "kernel": jax.random.normal(ks[0], (d_in, d_hidden), dtype) / np.sqrt(d_in),
-                "bias": 0.1 * jax.random.normal(ks[1], (d_hidden,), dtype),
+                "kernel": normal((d_in, d_hidden)) / np.sqrt(d_in),
+                "bias": 0.1 * normal((d_hidden,)),
             },
             "dense2": {
-                "kernel": jax.random.normal(ks[2], (d_hidden, d_hidden), dtype) / np.sqrt(d_hidden),
-                "bias": 0.1 * jax.random.normal(ks[3], (d_hidden,), dtype),
+                "kernel": normal((d_hidden, d_hidden)) / np.sqrt(d_hidden),
+                "bias": 0.1 * normal((d_hidden,)),
             },
         },
         "heads": {
             f"task{t}": {
-                "kernel": jax.random.normal(ks[4 + 2 * t], (d_hidden, d_out), dtype) / np.sqrt(d_hidden),
+                "kernel": normal((d_hidden, d_out)) / np.sqrt(d_hidden),
                 "bias": jnp.zeros((d_out,), dtype),
             }
             for t in range(n_tasks)
         },
     }
-    kx, ky = jax.random.split(jax.random.fold_in(key, 123))
-    x = jax.random.normal(kx, (batch, d_in), dtype)
-    ys = jax.random.normal(ky, (n_tasks, batch, d_out), dtype)
+    x = normal((batch, d_in))
+    ys = normal((n_tasks, batch, d_out))
 
     def task_losses_fn(p, x, ys):
         h = jnp.tanh(x @ p["encoder"]["dense1"]["kernel"] + p["encoder"]["dense1"]["bias"])
@@ -134,24 +143,24 @@ def mlp_select(g):
     return [d["bias"], d["kernel"]]
 
 
-def make_convnet(key, n_tasks=2, dtype=jnp.float64):
+def make_convnet(seed, n_tasks=2, dtype=jnp.float64):
     """Two 3x3 VALID convs (no bias) as the encoder, a conv + dense head per task; tiny sizes."""
-    ks = jax.random.split(key, 3 + 2 * n_tasks)
+    normal = _normal_factory(seed, dtype)
     params = {
         "encoder": {
-            "conv1": {"kernel": 0.5 * jax.random.normal(ks[0], (3, 3, 1, 2), dtype)},
-            "conv2": {"kernel": 0.5 * jax.random.normal(ks[1], (3, 3, 2, 2), dtype)},
+            "conv1": {"kernel": 0.5 * normal((3, 3, 1, 2))},
+            "conv2": {"kernel": 0.5 * normal((3, 3, 2, 2))},
         },
         "heads": {
             f"task{t}": {
-                "conv": {"kernel": 0.5 * jax.random.normal(ks[3 + 2 * t], (2, 2, 2, 1), dtype)},
-                "dense": {"kernel": 0.5 * jax.random.normal(ks[4 + 2 * t], (1, 1), dtype)},
+                "conv": {"kernel": 0.5 * normal((2, 2, 2, 1))},
+                "dense": {"kernel": 0.5 * normal((1, 1))},
             }
             for t in range(n_tasks)
         },
     }
-    x = jax.random.normal(ks[2], (2, 6, 6, 1), dtype)
-    ys = jax.random.normal(jax.random.fold_in(key, 7), (n_tasks, 2, 1), dtype)
+    x = normal((2, 6, 6, 1))
+    ys = normal((n_tasks, 2, 1))
     dn = ("NHWC", "HWIO", "NHWC")
 
     def conv(h, k):

@@ -200,7 +200,7 @@ def test_zero_task_gradient_gives_zero_cosines_and_finite_gradients(dtype, x64):
 
 
 def _constant_head_problem():
-    params, fn, args = make_mlp(jax.random.key(5), n_tasks=3)
+    params, fn, args = make_mlp(5, n_tasks=3)
 
     def fn_const(p, x, ys):
         losses = fn(p, x, ys)
@@ -215,7 +215,7 @@ def test_loss_with_cosreg_finite_when_a_task_gradient_is_zero(case, x64):
     if case == "constant_loss":
         params, fn, args = _constant_head_problem()
     else:
-        params, fn, args = make_mlp(jax.random.key(6), n_tasks=3)
+        params, fn, args = make_mlp(6, n_tasks=3)
         head = params["heads"]["task1"]
         params["heads"]["task1"] = {"kernel": jnp.zeros_like(head["kernel"]), "bias": head["bias"]}
 
@@ -264,7 +264,7 @@ def test_constant_task_gradient_matches_finite_differences(x64):
 
 @pytest.mark.parametrize("n_tasks", [2, 3])
 def test_mlp_value_and_gradient_match_finite_differences(n_tasks, x64):
-    params, fn, args = make_mlp(jax.random.key(n_tasks), n_tasks=n_tasks)
+    params, fn, args = make_mlp(n_tasks, n_tasks=n_tasks)
     alpha = 5.0
     w = jnp.linspace(0.5, 1.5, n_tasks)
 
@@ -288,7 +288,7 @@ def test_mlp_value_and_gradient_match_finite_differences(n_tasks, x64):
 
 
 def test_convnet_value_and_gradient_match_finite_differences(x64):
-    params, fn, args = make_convnet(jax.random.key(11), n_tasks=2)
+    params, fn, args = make_convnet(11, n_tasks=2)
     alpha = 4.0
 
     def total(p):
@@ -303,7 +303,7 @@ def test_convnet_value_and_gradient_match_finite_differences(x64):
 
 def test_penalty_gradient_reaches_selected_layer_layer_below_and_every_decoder(x64):
     """Guards against the silent no-op of taking task gradients without differentiating through them."""
-    params, fn, args = make_mlp(jax.random.key(21), n_tasks=3)
+    params, fn, args = make_mlp(21, n_tasks=3)
 
     def pen_only(p):  # weights 0: the total is alpha * penalty
         return orthojax.loss_with_cosreg(fn, p, *args, wrt="encoder/dense2", alpha=1.0, weights=jnp.zeros(3))[0]
@@ -331,7 +331,7 @@ def test_penalty_gradient_reaches_selected_layer_layer_below_and_every_decoder(x
 
 
 def test_scale_alpha_by_loss_value_and_stop_gradient(x64):
-    params, fn, args = make_mlp(jax.random.key(31), n_tasks=3)
+    params, fn, args = make_mlp(31, n_tasks=3)
     alpha = 7.0
     frozen = float(jnp.mean(fn(params, *args)))
 
@@ -357,7 +357,7 @@ def test_scale_alpha_by_loss_value_and_stop_gradient(x64):
 
 
 def test_has_aux_is_passed_through(x64):
-    params, fn, args = make_mlp(jax.random.key(41), n_tasks=2)
+    params, fn, args = make_mlp(41, n_tasks=2)
 
     def fn_aux(p, x, ys):
         losses = fn(p, x, ys)
@@ -377,7 +377,7 @@ def test_has_aux_is_passed_through(x64):
 
 
 def test_predicate_wrt_in_loss_with_cosreg(x64):
-    params, fn, args = make_mlp(jax.random.key(51), n_tasks=3)
+    params, fn, args = make_mlp(51, n_tasks=3)
 
     def pred(path, leaf):
         return path.startswith("encoder/dense2") or path.startswith("encoder/dense1/kernel")
@@ -394,7 +394,7 @@ def test_predicate_wrt_in_loss_with_cosreg(x64):
 
 
 def test_bad_hyperparameters_raise():
-    params, fn, args = make_mlp(jax.random.key(0), n_tasks=3, dtype=jnp.float32)
+    params, fn, args = make_mlp(0, n_tasks=3, dtype=jnp.float32)
     with pytest.raises(ValueError):
         orthojax.loss_with_cosreg(fn, params, *args, wrt="encoder/dense2", alpha=-1.0)
 

@@ -20,7 +20,7 @@ def loop_grads(fn, params, *args):
 
 @pytest.mark.parametrize("n_tasks", [2, 3])
 def test_path_wrt_matches_explicit_loop(n_tasks, x64):
-    params, fn, args = make_mlp(jax.random.key(n_tasks), n_tasks=n_tasks)
+    params, fn, args = make_mlp(n_tasks, n_tasks=n_tasks)
     losses, grads = orthojax.task_gradients(fn, params, *args, wrt="encoder/dense2")
     ref = loop_grads(fn, params, *args)
     np.testing.assert_allclose(np.asarray(losses), np.asarray(fn(params, *args)), rtol=1e-14)
@@ -32,7 +32,7 @@ def test_path_wrt_matches_explicit_loop(n_tasks, x64):
 
 
 def test_conv_path_gives_subtree_under_path(x64):
-    params, fn, args = make_convnet(jax.random.key(2), n_tasks=2)
+    params, fn, args = make_convnet(2, n_tasks=2)
     losses, grads = orthojax.task_gradients(fn, params, *args, wrt="encoder/conv2")
     ref = loop_grads(fn, params, *args)
     assert jax.tree.structure(grads) == jax.tree.structure({"kernel": 0})
@@ -41,7 +41,7 @@ def test_conv_path_gives_subtree_under_path(x64):
 
 
 def test_path_to_a_single_leaf_and_to_a_larger_subtree(x64):
-    params, fn, args = make_mlp(jax.random.key(3), n_tasks=3)
+    params, fn, args = make_mlp(3, n_tasks=3)
     ref = loop_grads(fn, params, *args)
     _, g_enc = orthojax.task_gradients(fn, params, *args, wrt="encoder")
     assert_tree_allclose(g_enc, ref["encoder"], rtol=1e-12, atol=1e-14)
@@ -52,7 +52,7 @@ def test_path_to_a_single_leaf_and_to_a_larger_subtree(x64):
 
 
 def test_predicate_wrt_keys_by_full_path(x64):
-    params, fn, args = make_mlp(jax.random.key(4), n_tasks=3)
+    params, fn, args = make_mlp(4, n_tasks=3)
     ref = loop_grads(fn, params, *args)
     seen = []
 
@@ -71,13 +71,13 @@ def test_predicate_wrt_keys_by_full_path(x64):
 
 
 def test_wrt_none_selects_all_params(x64):
-    params, fn, args = make_mlp(jax.random.key(5), n_tasks=2)
+    params, fn, args = make_mlp(5, n_tasks=2)
     _, grads = orthojax.task_gradients(fn, params, *args, wrt=None)
     assert_tree_allclose(grads, loop_grads(fn, params, *args), rtol=1e-12, atol=1e-14)
 
 
 def test_has_aux_plumbing(x64):
-    params, fn, args = make_mlp(jax.random.key(6), n_tasks=3)
+    params, fn, args = make_mlp(6, n_tasks=3)
 
     def fn_aux(p, x, ys):
         losses = fn(p, x, ys)
@@ -96,7 +96,7 @@ def test_has_aux_plumbing(x64):
 
 def test_one_forward_pass(x64):
     """The task-loss function is traced once (one forward pass; the T VJPs are batched, not T re-runs)."""
-    params, fn, args = make_mlp(jax.random.key(7), n_tasks=3)
+    params, fn, args = make_mlp(7, n_tasks=3)
     calls = []
 
     def counted(p, x, ys):
@@ -108,7 +108,7 @@ def test_one_forward_pass(x64):
 
 
 def test_jit_and_float32():
-    params, fn, args = make_mlp(jax.random.key(8), n_tasks=3, dtype=jnp.float32)
+    params, fn, args = make_mlp(8, n_tasks=3, dtype=jnp.float32)
     f = jax.jit(lambda p, *a: orthojax.task_gradients(fn, p, *a, wrt="encoder/dense2"))
     losses, grads = f(params, *args)
     assert grads["kernel"].dtype == jnp.float32
@@ -116,7 +116,7 @@ def test_jit_and_float32():
 
 
 def test_bad_path_raises_keyerror_naming_closest_paths():
-    params, fn, args = make_mlp(jax.random.key(0), n_tasks=2, dtype=jnp.float32)
+    params, fn, args = make_mlp(0, n_tasks=2, dtype=jnp.float32)
     with pytest.raises(KeyError) as e:
         orthojax.task_gradients(fn, params, *args, wrt="encoder/dense3")
     assert "encoder/dense2" in str(e.value) or "encoder/dense1" in str(e.value)

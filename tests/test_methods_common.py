@@ -238,26 +238,29 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     x, ys = batch
     sharded_batch = (jax.device_put(x, NamedSharding(mesh, P("data"))),
                      jax.device_put(ys, NamedSharding(mesh, P(None, "data"))))
-    for entry in sorted(METHOD_TABLE):
+    for entry in {entries!r}:
         method = build(entry)
         state = method.init(params, 2)
         step = jax.jit(lambda p, s, b, r: method.step(problem, p, s, b, r))
         ref = step(params, state, batch, jax.random.key(1))
-        ref = step(params, ref.state, batch, jax.random.key(2))
         p_rep, s_rep = jax.device_put((params, state), replicated)
         out = step(p_rep, s_rep, sharded_batch, jax.random.key(1))
         assert len(out.loss.sharding.device_set) == 4
-        out = step(p_rep, out.state, sharded_batch, jax.random.key(2))
         for a, b in zip(jax.tree.leaves((out.grads, out.state, out.metrics)),
                         jax.tree.leaves((ref.grads, ref.state, ref.metrics))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6, err_msg=entry)
-    print("OK", len(METHOD_TABLE))
+    print("OK")
     """
 )
 
 
+# one method per family (the compile time of a subprocess is the cost of this test)
+MULTI_DEVICE_ENTRIES = ("uncertainty", "gradnorm", "rotograd", "recon")
+
+
 def test_multi_device_step_equals_single_device():
-    script = _MULTI_DEVICE_SCRIPT.format(tests=os.path.join(ROOT, "tests"))
+    """Batch sharded over 4 (fake CPU) devices under jit: grads, state and metrics equal the one-device step."""
+    script = _MULTI_DEVICE_SCRIPT.format(tests=os.path.join(ROOT, "tests"), entries=MULTI_DEVICE_ENTRIES)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=300)

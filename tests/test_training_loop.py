@@ -17,12 +17,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _training_common import (  # noqa: E402
-    LAST_SHARED, TinyMTL, flat_params, make_data, run, task_losses,
+    LAST_SHARED, compilation_cache, TinyMTL, flat_params, make_data, run, task_losses,
 )
 
 from orthojax import training  # noqa: E402
 from orthojax.data.loader import iterate_batches  # noqa: E402
 from orthojax.methods import get_method  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    with compilation_cache(str(tmp_path_factory.getbasetemp() / "training_jax_cache")):
+        yield
 
 TRAIN, TEST = make_data(48), make_data(23, seed=1)  # 6 steps per epoch at batch 8; eval batches 7,7,7,2
 
@@ -94,21 +100,19 @@ def test_nonfinite_guard_stops_with_a_good_checkpoint(tmp_path):
 
 
 def test_seeds_vmapped_in_one_program_equal_separate_runs(tmp_path):
-    seeds, steps = 3, 4
-    vmapped = run(str(tmp_path / "vmap"), train=TRAIN, test=TEST, num_seeds=seeds, seed=10, max_steps=steps,
+    seeds, train = 3, make_data(32)  # one epoch of 4 steps
+    vmapped = run(str(tmp_path / "vmap"), train=train, test=TEST, num_seeds=seeds, seed=10,
                   dropout=0.3, method="equal")
     assert np.asarray(vmapped.history.train[-1]["loss"]).shape == (seeds,)
     assert np.asarray(vmapped.history.train[-1]["cosine"]).shape == (seeds, 2, 2)
 
     # S separate runs of the single-seed step, on the same batches.
     model, method, optimizer = TinyMTL(use_bn=True, dropout=0.3), get_method("equal"), optax.adam(1e-2)
-    init = jax.jit(lambda k: training.init_train_state(k, model, method, optimizer, TRAIN["image"][:2]))
+    init = jax.jit(lambda k: training.init_train_state(k, model, method, optimizer, train["image"][:2]))
     step = jax.jit(training.make_train_step(model, task_losses, method, optimizer, last_shared=LAST_SHARED))
     for i in range(seeds):
         state = init(jax.random.key(10 + i))
-        for batch in iterate_batches(TRAIN, 8, 0, 0):
-            if int(state.step) == steps:
-                break
+        for batch in iterate_batches(train, 8, 0, 0):
             state, _ = step(state, batch)
         got = jax.tree.map(lambda x: x[i], vmapped.state)
         for name in ("params", "batch_stats"):

@@ -14,10 +14,16 @@ import optax
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _training_common import LAST_SHARED, TinyMTL, accuracy_metrics, make_data, task_losses  # noqa: E402
+from _training_common import LAST_SHARED, TinyMTL, compilation_cache, accuracy_metrics, make_data, task_losses  # noqa: E402
 
 from orthojax.data.loader import iterate_batches  # noqa: E402
 from orthojax.methods import get_method  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    with compilation_cache(str(tmp_path_factory.getbasetemp() / "training_jax_cache")):
+        yield
 from orthojax import training  # noqa: E402
 
 LR = 0.1

@@ -122,7 +122,8 @@ def mgda(num_iters: int = 100) -> Method:
     Args:
       num_iters: Frank-Wolfe steps of the T x T solver.
     """
-    gm._check_positive_int(num_iters, "num_iters", "mgda")
+    if not isinstance(num_iters, int) or isinstance(num_iters, bool) or num_iters < 0:
+        raise ValueError(f"mgda: num_iters must be a non-negative integer; got {num_iters!r}")
     return _aggregation_method("mgda", lambda G, rng: gm.mgda_weights(G, num_iters=num_iters))
 
 

@@ -145,14 +145,52 @@ def _preference(pref: Optional[Any], num_tasks: int, dtype, name: str) -> jax.Ar
     return pref
 
 
-def _simplex_qp(Q: jax.Array, p: jax.Array, w0: jax.Array, num_iters: int) -> jax.Array:
-    """min_{w in simplex} w^T Q w + p^T w by pairwise Frank-Wolfe with exact line search.
+def _simplex_qp_exact(Q: jax.Array, p: jax.Array) -> jax.Array:
+    """argmin_{w in simplex} w^T Q w + p^T w for T <= _MAX_EXACT_TASKS, by enumerating the supports.
 
-    Each step moves mass gamma from the active vertex with the largest partial derivative (a) to the
-    vertex with the smallest (s): w <- w + gamma (e_s - e_a), gamma in [0, w_a] minimising the quadratic
-    exactly. On a polytope this variant converges linearly (Lacoste-Julien & Jaggi, 2015); plain
-    Frank-Wolfe only as O(1/k).
+    For each support S the KKT system [2 Q_SS, 1; 1^T, 0] [w_S; nu] = [-p_S; 1] gives the minimiser on the
+    affine hull of the vertices in S. Supports whose vertices are affinely dependent give singular systems;
+    some affinely independent support always holds a minimiser (Caratheodory). The candidate with the
+    smallest KKT residual (w_S >= 0; partial derivatives equal to mu on S and >= mu off S, mu = <w, grad>)
+    is returned, clipped and renormalised. A KKT residual rho bounds the objective gap by 2 rho.
     """
+    T = Q.shape[0]
+    masks = np.array(list(itertools.product((0.0, 1.0), repeat=T)))[1:]
+    masks = jnp.asarray(masks, Q.dtype)
+    eye = jnp.eye(T, dtype=Q.dtype)
+
+    def candidate(m):
+        A = jnp.zeros((T + 1, T + 1), Q.dtype)
+        A = A.at[:T, :T].set(2.0 * Q * jnp.outer(m, m) + eye * (1.0 - m))
+        A = A.at[:T, T].set(m).at[T, :T].set(m)
+        rhs = jnp.concatenate([-p * m, jnp.ones((1,), Q.dtype)])
+        w = jnp.linalg.solve(A, rhs)[:T] * m
+        grad = 2.0 * (Q @ w) + p
+        mu = jnp.dot(w, grad)
+        primal = jnp.max(jnp.where(m > 0, -w, -jnp.inf))
+        stationary = jnp.max(jnp.where(m > 0, jnp.abs(grad - mu), -jnp.inf))
+        dual = jnp.max(jnp.where(m > 0, -jnp.inf, mu - grad))
+        residual = jnp.maximum(jnp.maximum(primal, stationary), jnp.maximum(dual, 0.0))
+        residual = jnp.where(jnp.all(jnp.isfinite(w)) & jnp.isfinite(residual), residual, jnp.inf)
+        return w, residual
+
+    ws, residuals = jax.vmap(candidate)(masks)
+    w = jnp.maximum(ws[jnp.argmin(residuals)], 0.0)
+    return w / jnp.sum(w)
+
+
+def _simplex_qp(Q: jax.Array, p: jax.Array, w0: jax.Array, num_iters: int) -> jax.Array:
+    """min_{w in simplex} w^T Q w + p^T w: exact start (T <= 10) refined by pairwise Frank-Wolfe.
+
+    For T <= _MAX_EXACT_TASKS the start is the exact minimiser (:func:`_simplex_qp_exact`), else ``w0``.
+    Each Frank-Wolfe step moves mass gamma from the active vertex with the largest partial derivative (a)
+    to the vertex with the smallest (s): w <- w + gamma (e_s - e_a), gamma in [0, w_a] minimising the
+    quadratic exactly (pairwise variant: linear convergence on strongly convex problems, Lacoste-Julien &
+    Jaggi, 2015; sublinear when Q is singular, which the exact start covers for small T).
+    """
+    if Q.shape[0] <= _MAX_EXACT_TASKS:
+        w0 = _simplex_qp_exact(Q, p)
+
     def body(_, w):
         grad = 2.0 * (Q @ w) + p
         s = jnp.argmin(grad)
@@ -230,12 +268,14 @@ def mgda_weights(G: jax.Array, *, num_iters: int = 100) -> jax.Array:
     """MGDA: the weights of the minimum-norm point of the convex hull of the task gradients.
 
     w = argmin_{w >= 0, sum w = 1} w^T G w, so d = w @ J is the min-norm element of conv{g_1..g_T} and
-    <g_t, d> >= ||d||^2 >= 0 for every t (d never conflicts with a task). Solved on G / trace(G) by
-    pairwise Frank-Wolfe from the uniform weights with exact line search, ``num_iters`` steps.
+    <g_t, d> >= ||d||^2 >= 0 for every t (d never conflicts with a task). Solved on G / trace(G): for
+    T <= 10 exactly, by enumerating the supports (2^T - 1 linear solves of size T + 1), then refined by
+    ``num_iters`` steps of pairwise Frank-Wolfe with exact line search (from the uniform weights for
+    T > 10).
 
     Args:
       G: (T, T) Gramian.
-      num_iters: Frank-Wolfe steps (fixed; each costs O(T^2)).
+      num_iters: Frank-Wolfe steps (fixed; each costs O(T^2)); the whole solve for T > 10.
 
     Returns:
       (T,) weights on the simplex. When the hull contains several minimisers (rank-deficient J) the
@@ -245,7 +285,8 @@ def mgda_weights(G: jax.Array, *, num_iters: int = 100) -> jax.Array:
       Desideri 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018.
     """
     T = _check_gramian(G, "mgda_weights")
-    _check_positive_int(num_iters, "num_iters", "mgda_weights")
+    if not isinstance(num_iters, (int, np.integer)) or isinstance(num_iters, bool) or num_iters < 0:
+        raise ValueError(f"mgda_weights: num_iters must be a non-negative integer; got {num_iters!r}")
     Q = _normalize(G)
     w0 = jnp.full((T,), 1.0 / T, Q.dtype)
     return _simplex_qp(Q, jnp.zeros((T,), Q.dtype), w0, num_iters)
@@ -443,15 +484,15 @@ def cagrad_weights(
     1 + c^2 (``rescale=1``, the paper's code default), 1 + c (``rescale=2``) or 1 (``rescale=0``).
 
     F is minimised on G / trace(G) through its variational form r ||x|| = min_{s > 0} r (||x||^2 / s + s) / 2:
-    alternately s = ||g_w|| and w = argmin_simplex r w^T G w / (2 s) + <g_w, g0> (pairwise Frank-Wolfe),
-    ``num_outer`` x ``num_inner`` steps. If g_w* = 0 the direction is g0 (weights 1/T before rescaling).
+    alternately s = ||g_w|| and w = argmin_simplex r w^T G w / (2 s) + <g_w, g0> (the simplex QP solver of
+    :func:`mgda_weights`, ``num_inner`` Frank-Wolfe steps), ``num_outer`` alternations. If g_w* = 0 the direction is g0 (weights 1/T before rescaling).
 
     Args:
       G: (T, T) Gramian.
       c: radius of the ball relative to ||g0||, >= 0 (0.4 here; the paper uses 0.4-0.5). c = 0 gives g0.
       rescale: 0, 1 or 2 (see above).
       num_outer: alternation steps.
-      num_inner: Frank-Wolfe steps per alternation.
+      num_inner: Frank-Wolfe steps per alternation (after the exact solve when T <= 10).
 
     Returns:
       (T,) weights.

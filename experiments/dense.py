@@ -1,0 +1,213 @@
+"""Dense-prediction tasks shared by the NYUv2 and SUN RGB-D experiments: losses and exact evaluation.
+
+Losses (CosReg paper, section 5): pixel-wise cross-entropy (void pixels, label -1, ignored); depth MSE
+over valid pixels (gt != 0); normals: the prediction is unit-normalised by the model, MSE over valid
+pixels (gt not all-zero). Evaluation accumulates sufficient statistics over the whole test split inside
+the jitted eval step (confusion matrices, depth sums, normal-angle sums and per-batch medians) so that the
+pooled metrics are exact; the pooled normal-angle median, which needs every angle, is computed on the host
+after training (:func:`exact_normal_median`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from orthojax.metrics import (
+    collect_angles,
+    exact_median,
+    finalize_depth,
+    finalize_normals,
+    finalize_segmentation,
+    init_angle_collector,
+    init_depth,
+    init_normals,
+    init_segmentation,
+    normal_angles,
+    update_depth,
+    update_normals,
+    update_segmentation,
+)
+from orthojax.training import EvalMetrics
+
+__all__ = ["TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "exact_normal_median",
+           "tasks_from_info"]
+
+
+class TaskSpec(NamedTuple):
+    """One dense task: its batch key, its kind ("seg", "depth", "normal") and classes (seg only)."""
+
+    key: str
+    kind: str
+    num_classes: int = 0
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def seg_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy over labelled pixels (label >= 0)."""
+    valid = labels >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    return _masked_mean(ce, valid)
+
+
+def depth_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """MSE over valid pixels (gt != 0)."""
+    return _masked_mean((pred - gt) ** 2, gt != 0)
+
+
+def normal_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """MSE between unit normals over valid pixels (gt not all-zero), summed over the 3 channels."""
+    valid = jnp.any(gt != 0, axis=-1)
+    return _masked_mean(jnp.sum((pred - gt) ** 2, axis=-1), valid)
+
+
+_LOSSES = {"seg": seg_loss, "depth": depth_loss, "normal": normal_loss}
+
+
+def dense_task_losses(tasks: Sequence[TaskSpec]) -> Callable[[tuple, Mapping[str, Any]], jax.Array]:
+    """``fn(outputs, batch) -> (T,)`` for the given tasks, in model output order."""
+    for task in tasks:
+        if task.kind not in _LOSSES:
+            raise ValueError(f"task {task.key!r}: unknown kind {task.kind!r}; expected one of {sorted(_LOSSES)}")
+
+    def task_losses(outputs: tuple, batch: Mapping[str, Any]) -> jax.Array:
+        return jnp.stack([_LOSSES[t.kind](out, batch[t.key]) for t, out in zip(tasks, outputs)])
+
+    return task_losses
+
+
+def dense_eval_metrics(tasks: Sequence[TaskSpec]) -> EvalMetrics:
+    """Exact accumulators for every task; finalize gives "<key>/<metric>" (pooled) and
+    "<key>/batch/<metric>" (MTAN-style per-batch averages) entries."""
+
+    def init():
+        out = []
+        for t in tasks:
+            if t.kind == "seg":
+                out.append(init_segmentation(t.num_classes))
+            elif t.kind == "depth":
+                out.append(init_depth())
+            else:
+                out.append(init_normals())
+        return tuple(out)
+
+    def update(acc, outputs, batch):
+        new = []
+        for t, state, out in zip(tasks, acc, outputs):
+            if t.kind == "seg":
+                new.append(update_segmentation(state, out, batch[t.key]))
+            elif t.kind == "depth":
+                new.append(update_depth(state, out[..., 0], batch[t.key][..., 0]))
+            else:
+                new.append(update_normals(state, out, batch[t.key]))
+        return tuple(new)
+
+    def finalize(acc):
+        out: dict = {}
+        for t, state in zip(tasks, acc):
+            if t.kind == "seg":
+                scores = finalize_segmentation(state)
+                out[f"{t.key}/miou"] = scores["miou"]
+                out[f"{t.key}/pixel_acc"] = scores["pixel_acc"]
+                continue
+            finalize = finalize_depth if t.kind == "depth" else finalize_normals
+            out.update({f"{t.key}/{k}": v for k, v in finalize(state, aggregation="pooled").items()})
+            out.update({f"{t.key}/batch/{k}": v for k, v in finalize(state, aggregation="batch").items()})
+        return out
+
+    return EvalMetrics(init=init, update=update, finalize=finalize)
+
+
+def exact_normal_median(apply_fn: Callable, variables: Any, batches: Callable, normal_index: int,
+                        key: str = "normal") -> float:
+    """The pooled median normal angle (degrees) over every valid test pixel, exactly (host side).
+
+    Args:
+      apply_fn: ``fn(variables, images) -> outputs`` (inference mode), jitted by the caller.
+      variables: the model variables.
+      batches: ``fn() -> iterator`` of evaluation batches.
+      normal_index: the position of the normals head in the outputs.
+      key: the batch key of the ground-truth normals.
+    """
+    collector = init_angle_collector()
+    for batch in batches():
+        outputs = apply_fn(variables, batch["image"])
+        angles, valid = normal_angles(outputs[normal_index], batch[key])
+        collector = collect_angles(collector, np.asarray(angles), np.asarray(valid))
+    return float(exact_median(collector))
+
+
+def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
+    """The dense tasks a loaded dataset carries, from its info record (seg* keys are segmentations)."""
+    out = []
+    for key in info["tasks"]:
+        if key.startswith("seg"):
+            out.append(TaskSpec(key, "seg", int(info["num_classes"][key])))
+        elif key == "depth":
+            out.append(TaskSpec(key, "depth"))
+        elif key == "normal":
+            out.append(TaskSpec(key, "normal"))
+        else:
+            raise ValueError(f"unknown dense task {key!r} in the data's info (expected seg*, depth, normal)")
+    return tuple(out)
+
+
+def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any], *,
+                    width: float, model_options: Mapping[str, Any], table_metrics: Callable[[Mapping], dict],
+                    task_columns: Mapping[str, str], augment: Optional[Callable] = None,
+                    vgg16_weights: Optional[str] = None):
+    """A SegNet benchmark for the dense tasks in ``info`` (see :class:`experiments.runner.Benchmark`).
+
+    Args:
+      name: benchmark name.
+      splits: {"train", "test"} dicts of arrays.
+      info: the data's info record (tasks, classes, target size).
+      width: SegNet channel multiplier.
+      model_options: SegNet fields every row shares (e.g. use_batchnorm).
+      table_metrics: ``fn(finalized eval) -> columns``.
+      task_columns: task key -> the table column that belongs to it (single-task rows keep only those,
+        plus the task's own "<key>/..." field metrics).
+      augment: training-batch transform.
+      vgg16_weights: ImageNet VGG16 weights loaded into the encoder at initialisation.
+    """
+    from experiments.runner import Benchmark
+    from orthojax.models import SegNet, load_vgg16_weights
+
+    tasks = tasks_from_info(info)
+    heads = tuple((t.key, t.num_classes if t.kind == "seg" else (1 if t.kind == "depth" else 3)) for t in tasks)
+    output = tuple(info["target_size"]) if info.get("target_size") else None
+    keys = [t.key for t in tasks]
+
+    def build(options: Mapping[str, Any]):
+        return SegNet(heads=heads, width=width, output_size=output, **{**dict(model_options), **dict(options)})
+
+    def single_task_metrics(t: int, evaluation: Mapping[str, Any]) -> dict:
+        key = keys[t]
+        return {k: v for k, v in table_metrics(evaluation).items()
+                if k == task_columns.get(key) or k.startswith(f"{key}/")}
+
+    def final_eval(model, variables, batches) -> dict:
+        if "normal" not in keys:
+            return {}
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        return {"normal/angle_median": exact_normal_median(apply, variables, batches, keys.index("normal"))}
+
+    init_variables = None
+    if vgg16_weights is not None:
+        def init_variables(variables):
+            return load_vgg16_weights(variables, vgg16_weights)
+
+    return Benchmark(
+        name=name, task_names=tuple(keys), train=splits["train"], eval=splits["test"], build_model=build,
+        task_losses=dense_task_losses(tasks), eval_metrics=dense_eval_metrics(tasks), table_metrics=table_metrics,
+        single_task_metrics=single_task_metrics, latent_size=lambda model: max(1, round(512 * width)),
+        augment=augment, final_eval=final_eval, init_variables=init_variables,
+    )
