@@ -93,13 +93,17 @@ def _normal_factory(seed, dtype):
     """Random arrays from NumPy (no per-shape compilation of JAX's PRNG kernels)."""
     rng = np.random.default_rng(seed)
 
-    def normal(shape):
-        return jnp.asarray(rng.normal(size=shape), dtype=dtype)
+    def normal(shape):  # NumPy arithmetic on the result; converted once by _to_jax
+        return rng.normal(size=shape).astype(dtype)
 
     return normal
 
 
-def make_mlp(seed, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=jnp.float64):
+def _to_jax(tree):
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def make_mlp(seed, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=np.float64):
     """Shared 2-layer tanh MLP + one linear head per task; MSE per task. Returns (params, fn, (x, ys))."""
     normal = _normal_factory(seed, dtype)
     params = {
@@ -116,13 +120,12 @@ def make_mlp(seed, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=jnp.fl
         "heads": {
             f"task{t}": {
                 "kernel": normal((d_hidden, d_out)) / np.sqrt(d_hidden),
-                "bias": jnp.zeros((d_out,), dtype),
+                "bias": np.zeros((d_out,), dtype),
             }
             for t in range(n_tasks)
         },
     }
-    x = normal((batch, d_in))
-    ys = normal((n_tasks, batch, d_out))
+    params, x, ys = _to_jax((params, normal((batch, d_in)), normal((n_tasks, batch, d_out))))
 
     def task_losses_fn(p, x, ys):
         h = jnp.tanh(x @ p["encoder"]["dense1"]["kernel"] + p["encoder"]["dense1"]["bias"])
@@ -143,7 +146,7 @@ def mlp_select(g):
     return [d["bias"], d["kernel"]]
 
 
-def make_convnet(seed, n_tasks=2, dtype=jnp.float64):
+def make_convnet(seed, n_tasks=2, dtype=np.float64):
     """Two 3x3 VALID convs (no bias) as the encoder, a conv + dense head per task; tiny sizes."""
     normal = _normal_factory(seed, dtype)
     params = {
@@ -159,8 +162,7 @@ def make_convnet(seed, n_tasks=2, dtype=jnp.float64):
             for t in range(n_tasks)
         },
     }
-    x = normal((2, 6, 6, 1))
-    ys = normal((n_tasks, 2, 1))
+    params, x, ys = _to_jax((params, normal((2, 6, 6, 1)), normal((n_tasks, 2, 1))))
     dn = ("NHWC", "HWIO", "NHWC")
 
     def conv(h, k):

@@ -232,8 +232,8 @@ def test_loss_with_cosreg_finite_when_a_task_gradient_is_zero(case, x64):
     np.testing.assert_array_equal(C[:, zero_task], 0.0)
     assert 0.0 <= float(aux.penalty) <= 1.0
     # float32 and jit too
-    params32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
-    args32 = jax.tree.map(lambda a: a.astype(jnp.float32), args)
+    params32 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float32)), params)
+    args32 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float32)), args)
     g32 = jax.jit(jax.grad(lambda p: orthojax.loss_with_cosreg(fn, p, *args32, wrt="encoder/dense2", alpha=2.0)[0]))(
         params32
     )
@@ -394,7 +394,7 @@ def test_predicate_wrt_in_loss_with_cosreg(x64):
 
 
 def test_bad_hyperparameters_raise():
-    params, fn, args = make_mlp(0, n_tasks=3, dtype=jnp.float32)
+    params, fn, args = make_mlp(0, n_tasks=3, dtype=np.float32)
     with pytest.raises(ValueError):
         orthojax.loss_with_cosreg(fn, params, *args, wrt="encoder/dense2", alpha=-1.0)
 

@@ -46,15 +46,15 @@ def test_sigterm_checkpoint_then_resume_is_bit_exact_and_logs_are_complete(tmp_p
     ref = run(str(tmp_path / "ref"), **common)
     assert ref.history.status == "completed"
 
-    def sigterm_at_step_8(epoch, step, batch):
-        if (epoch, step) == (1, 1):  # the batch of global step 8
+    def sigterm_at_step_9(epoch, step, batch):
+        if (epoch, step) == (1, 2):  # the batch that global step 9 trains on (no periodic save there)
             os.kill(os.getpid(), signal.SIGTERM)
         return batch
 
     workdir = str(tmp_path / "run")
-    cut = run(workdir, on_batch=sigterm_at_step_8, **common)
-    assert cut.history.status == "interrupted" and int(cut.state.step) == 8
-    assert training.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 8
+    cut = run(workdir, on_batch=sigterm_at_step_9, **common)
+    assert cut.history.status == "interrupted" and int(cut.state.step) == 9
+    assert training.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [8, 9]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     with pytest.raises(FileExistsError, match="resume"):
@@ -76,7 +76,7 @@ def test_sigterm_checkpoint_then_resume_is_bit_exact_and_logs_are_complete(tmp_p
     assert config["train"]["num_epochs"] == 2 and config["method"] == "cosreg"
     assert glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
     assert json.load(open(os.path.join(workdir, "history.json")))["status"] == "completed"
-    assert training.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [8, 12]
+    assert training.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [9, 12]
 
 
 def test_nonfinite_guard_stops_with_a_good_checkpoint(tmp_path):

@@ -145,6 +145,29 @@ def _preference(pref: Optional[Any], num_tasks: int, dtype, name: str) -> jax.Ar
     return pref
 
 
+def _solve_small(A: jax.Array, b: jax.Array) -> jax.Array:
+    """x = A^{-1} b for a small square A: Gauss-Jordan elimination with partial pivoting.
+
+    A singular A gives non-finite entries (the callers discard such candidates). Cheaper to compile than
+    ``jnp.linalg.solve`` inside the vmapped enumerations below.
+    """
+    n = A.shape[0]
+    M = jnp.concatenate([A, b[:, None]], axis=1)
+    rows = jnp.arange(n)
+
+    def body(k, M):
+        col = jnp.abs(M[:, k])
+        piv = jnp.argmax(jnp.where(rows >= k, col, -1.0))
+        row_k, row_p = M[k], M[piv]
+        M = M.at[piv].set(row_k).at[k].set(row_p)
+        factors = M[:, k] / M[k, k]
+        factors = factors.at[k].set(0.0)
+        return M - factors[:, None] * M[k][None, :]
+
+    M = jax.lax.fori_loop(0, n, body, M)
+    return M[:, n] / jnp.diagonal(M[:, :n])
+
+
 def _simplex_qp_exact(Q: jax.Array, p: jax.Array) -> jax.Array:
     """argmin_{w in simplex} w^T Q w + p^T w for T <= _MAX_EXACT_TASKS, by enumerating the supports.
 
@@ -164,7 +187,7 @@ def _simplex_qp_exact(Q: jax.Array, p: jax.Array) -> jax.Array:
         A = A.at[:T, :T].set(2.0 * Q * jnp.outer(m, m) + eye * (1.0 - m))
         A = A.at[:T, T].set(m).at[T, :T].set(m)
         rhs = jnp.concatenate([-p * m, jnp.ones((1,), Q.dtype)])
-        w = jnp.linalg.solve(A, rhs)[:T] * m
+        w = _solve_small(A, rhs)[:T] * m
         grad = 2.0 * (Q @ w) + p
         mu = jnp.dot(w, grad)
         primal = jnp.max(jnp.where(m > 0, -w, -jnp.inf))
@@ -218,7 +241,7 @@ def _nonneg_qp_exact(Q: jax.Array, b: jax.Array) -> jax.Array:
 
     def candidate(m):
         A = Q * jnp.outer(m, m) + eye * (1.0 - m)
-        z = jnp.linalg.solve(A, -b * m) * m
+        z = _solve_small(A, -b * m) * m
         grad = Q @ z + b
         primal = jnp.max(jnp.where(m > 0, -z, -jnp.inf))
         dual = jnp.max(jnp.where(m > 0, -jnp.inf, -grad))
@@ -485,7 +508,9 @@ def cagrad_weights(
 
     F is minimised on G / trace(G) through its variational form r ||x|| = min_{s > 0} r (||x||^2 / s + s) / 2:
     alternately s = ||g_w|| and w = argmin_simplex r w^T G w / (2 s) + <g_w, g0> (the simplex QP solver of
-    :func:`mgda_weights`, ``num_inner`` Frank-Wolfe steps), ``num_outer`` alternations. If g_w* = 0 the direction is g0 (weights 1/T before rescaling).
+    :func:`mgda_weights`, ``num_inner`` Frank-Wolfe steps), ``num_outer`` alternations. If ||g_w*|| <= 10 sqrt(machine epsilon) on the normalised scale (0 is in the
+    hull of the gradients, e.g. two opposing tasks, and the maximiser is not unique) the direction is g0
+    (weights 1/T before rescaling), as in TorchJD.
 
     Args:
       G: (T, T) Gramian.
@@ -518,7 +543,7 @@ def cagrad_weights(
 
     w = jax.lax.fori_loop(0, num_outer, outer, mean)
     gw_norm = jnp.sqrt(jnp.maximum(w @ Q @ w, 0.0))
-    ok = (gw_norm > floor * floor) & (r > 0)
+    ok = (gw_norm > 10.0 * floor) & (r > 0)
     lam = jnp.where(ok, r / jnp.where(ok, gw_norm, 1), 0.0)
     weights = mean + lam * w
     divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]

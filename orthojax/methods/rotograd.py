@@ -27,12 +27,12 @@ The heads and every other parameter receive the plain gradient of sum_k L_k.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.linalg import expm
 
@@ -87,12 +87,17 @@ def rotate_representations(state: RotoGradState, zs: Any) -> tuple:
       A tuple of T rotated representations.
     """
     zs = tuple(jax.tree.leaves(zs))
-    rotations = rotation_matrices(state)
-    if len(zs) != rotations.shape[0]:
-        raise ValueError(f"expected {rotations.shape[0]} representations; got {len(zs)}")
-    return tuple(_rotate(z, r) for z, r in zip(zs, rotations))
+    if len(zs) != state.base.shape[0]:
+        raise ValueError(f"expected {state.base.shape[0]} representations; got {len(zs)}")
+    return _rotate_all(state.base, state.learnable["skew"], zs)
 
 
+@jax.jit
+def _rotate_all(base: jax.Array, skew: jax.Array, zs: tuple) -> tuple:
+    return tuple(_rotate(z, r) for z, r in zip(zs, _rotations(base, skew)))
+
+
+@jax.jit
 def _rotations(base: jax.Array, skew: jax.Array) -> jax.Array:
     return jnp.matmul(base, jax.vmap(expm)(skew - jnp.swapaxes(skew, -1, -2)))
 
@@ -108,18 +113,17 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(x * x))
 
 
-def _random_rotation(key: jax.Array, m: int) -> jax.Array:
-    """A Haar-random matrix of SO(m) (QR of a Gaussian with the sign fix, then det +1)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (m, m), jnp.float32))
-    q = q * jnp.sign(jnp.diagonal(r))[None, :]
-    flip = jnp.where(jnp.linalg.det(q) < 0, -1.0, 1.0)
-    return q.at[:, 0].multiply(flip)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _random_rotations(seed: int, num_tasks: int, m: int) -> jax.Array:
-    keys = jax.random.split(jax.random.key(seed), num_tasks)
-    return jax.vmap(lambda k: _random_rotation(k, m))(keys)
+def _random_rotations(seed: int, num_tasks: int, m: int) -> np.ndarray:
+    """num_tasks Haar-random matrices of SO(m) (QR of a Gaussian with the sign fix, then det +1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(num_tasks):
+        q, r = np.linalg.qr(rng.standard_normal((m, m)))
+        q = q * np.sign(np.diagonal(r))[None, :]
+        if np.linalg.det(q) < 0:
+            q[:, 0] = -q[:, 0]
+        out.append(q)
+    return np.stack(out).astype(np.float32)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -162,7 +166,7 @@ def _build(
         if num_tasks < 2:
             raise ValueError(f"{variant} needs at least 2 tasks; got {num_tasks}")
         if random_init:
-            base = _random_rotations(seed, num_tasks, m)
+            base = jnp.asarray(_random_rotations(seed, num_tasks, m))
         else:
             base = jnp.broadcast_to(jnp.eye(m, dtype=jnp.float32), (num_tasks, m, m))
         learnable = {"skew": jnp.zeros((num_tasks, m, m), jnp.float32)}

@@ -6,7 +6,16 @@ is exact on any number of devices and BatchNorm normalises with global-batch sta
 
 Several hosts: call :func:`initialize_distributed` first (``jax.distributed.initialize()``); every
 process builds the same mesh over ``jax.devices()`` and passes its own slice of each global batch to
-:func:`shard_batch` (the slices are stacked in process order).
+:func:`shard_batch` (the slices are stacked in process order). The recipe:
+
+1. Start the same command on every host, with ``--distributed``. Under SLURM / Open MPI / Kubernetes
+   JAX finds the coordinator, the process count and the process id itself; elsewhere pass them
+   (``initialize_distributed(True, coordinator_address="host0:1234", num_processes=N, process_id=i)``).
+2. Feed each process its slice: ``iterate_batches(..., process_index=jax.process_index(),
+   process_count=jax.process_count())``; the global batch must divide the total device count.
+3. Put the workdir on a file system every host sees: orbax writes checkpoints from every process and
+   coordinates them; ``metrics.jsonl``, TensorBoard and ``config.json`` are written by process 0.
+4. Deliver SIGTERM to every process (schedulers do): each saves the same step and exits.
 """
 
 from __future__ import annotations
