@@ -171,7 +171,7 @@ def test_rotations_align_task_gradients_with_the_common_direction():
             return optax.apply_updates(p, updates), out.state, opt_state, out.metrics["reference_cosine"]
 
         cosines = []
-        for _ in range(60):
+        for _ in range(40):
             p, state, opt_state, cos = train_step(p, state, opt_state)
             cosines.append(np.asarray(cos))
         final[rotation_lr] = np.mean(cosines[-5:], axis=0)

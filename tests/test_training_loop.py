@@ -10,7 +10,6 @@ import signal
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

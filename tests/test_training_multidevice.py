@@ -11,10 +11,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _training_common import CACHE_ENV, compilation_cache, flat_params, make_data, run  # noqa: E402
+from _training_common import CACHE_ENV, FAST_COMPILE, compilation_cache, flat_params, make_data, run  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.dirname(os.path.abspath(HERE))
@@ -28,7 +27,7 @@ def _env(tmp_path_factory, **extra):
 
 
 def test_four_devices_equal_one_device(tmp_path_factory):
-    env = _env(tmp_path_factory, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = _env(tmp_path_factory, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
     proc = subprocess.run([sys.executable, os.path.join(HERE, "_training_multidevice.py")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,8 +47,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_on_localhost_equal_one_process(tmp_path_factory, tmp_path):
-    env = _env(tmp_path_factory)
-    env.pop("XLA_FLAGS", None)
+    env = _env(tmp_path_factory, XLA_FLAGS=FAST_COMPILE)
     workdir, port = tmp_path / "two", _free_port()
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "_training_distributed.py"), str(i), str(port),
                                str(workdir)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

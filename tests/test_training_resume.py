@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _training_common import CACHE_ENV  # noqa: E402
+from _training_common import CACHE_ENV, FAST_COMPILE  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "_training_run.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ def env(tmp_path_factory):
     env = dict(os.environ, **CACHE_ENV)
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "training_jax_cache")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = FAST_COMPILE
     return env
 
 

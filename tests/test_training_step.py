@@ -14,7 +14,9 @@ import optax
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _training_common import LAST_SHARED, TinyMTL, compilation_cache, accuracy_metrics, make_data, task_losses  # noqa: E402
+from _training_common import (  # noqa: E402
+    LAST_SHARED, TinyMTL, accuracy_metrics, compilation_cache, make_data, task_losses,
+)
 
 from orthojax.data.loader import iterate_batches  # noqa: E402
 from orthojax.methods import get_method  # noqa: E402

@@ -9,7 +9,7 @@ from orthojax.models.unpool import max_pool_with_indices, max_unpool, pooled_siz
 
 # One compiled program per case keeps the tests fast (eager mode compiles every primitive).
 pool = jax.jit(max_pool_with_indices, static_argnums=(1, 2, 3))
-unpool = jax.jit(max_unpool, static_argnums=(2,))
+unpool = jax.jit(max_unpool, static_argnums=(2, 3))
 
 
 def naive_pool(x, window, stride, ceil_mode):
@@ -63,8 +63,10 @@ def test_pool_and_unpool_match_naive_numpy(h, w, window, stride, ceil_mode):
     assert y.shape == y_ref.shape and idx.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(y), y_ref)
     np.testing.assert_array_equal(np.asarray(idx), idx_ref)
-    up = unpool(y, idx, (h, w))
-    np.testing.assert_array_equal(np.asarray(up), naive_unpool(y_ref, idx_ref, (h, w)))
+    ref = naive_unpool(y_ref, idx_ref, (h, w))
+    np.testing.assert_array_equal(np.asarray(unpool(y, idx, (h, w), None)), ref)  # scatter
+    if window == stride:  # gather-free path for non-overlapping windows
+        np.testing.assert_array_equal(np.asarray(unpool(y, idx, (h, w), window)), ref)
 
 
 def test_ties_pick_first_maximum_in_row_major_order():
@@ -74,6 +76,12 @@ def test_ties_pick_first_maximum_in_row_major_order():
     assert int(idx[0, 0, 0, 0]) == 1 * 4 + 0
     assert int(idx[0, 1, 1, 0]) == 2 * 4 + 2  # all-zero window: its first cell
     np.testing.assert_array_equal(np.asarray(y), naive_pool(x, (2, 2), (2, 2), False)[0])
+
+
+def test_gradient_of_a_tie_goes_to_the_first_maximum_only():
+    x = jnp.asarray([[[[1.0], [1.0]], [[0.0], [1.0]]]])  # (1, 2, 2, 1), three tied maxima
+    g = jax.grad(lambda x: jnp.sum(max_pool_with_indices(x)[0]))(x)
+    np.testing.assert_array_equal(np.asarray(g)[0, ..., 0], [[1.0, 0.0], [0.0, 0.0]])
 
 
 def test_integer_input_with_ceil_padding():
@@ -87,7 +95,7 @@ def test_integer_input_with_ceil_padding():
 def test_unpool_of_pool_keeps_maxima_and_zeros_elsewhere():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 4, 3)), jnp.float32)
     y, idx = pool(x, 2, None, False)
-    up = np.asarray(unpool(y, idx, (6, 4)))
+    up = np.asarray(unpool(y, idx, (6, 4), 2))
     mask = up != 0
     assert mask.reshape(2, 3, 2, 2, 2, 3).sum(axis=(2, 4)).max() == 1  # one survivor per window
     np.testing.assert_array_equal(up[mask], np.asarray(x)[mask])
@@ -99,9 +107,9 @@ def test_gradients_flow_to_maxima_and_through_unpool():
     r = jnp.asarray(rng.normal(size=(1, 3, 3, 2)), jnp.float32)
     y, idx = pool(x, 2, None, False)
     gx = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_with_indices(x)[0] * r)))(x)
-    np.testing.assert_allclose(np.asarray(gx), np.asarray(unpool(r, idx, (6, 6))))
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(unpool(r, idx, (6, 6), None)))
     s = jnp.asarray(rng.normal(size=(1, 6, 6, 2)), jnp.float32)
-    gy = jax.jit(jax.grad(lambda y: jnp.sum(max_unpool(y, idx, (6, 6)) * s)))(y)
+    gy = jax.jit(jax.grad(lambda y: jnp.sum(max_unpool(y, idx, (6, 6), 2) * s)))(y)
     np.testing.assert_allclose(np.asarray(gy), np.take_along_axis(
         np.asarray(s).reshape(1, 36, 2), np.asarray(idx).reshape(1, 9, 2), axis=1).reshape(1, 3, 3, 2))
 

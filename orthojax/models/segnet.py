@@ -203,7 +203,7 @@ class _Decoder(nn.Module):
         h = z
         for s in range(_NUM_STAGES, 0, -1):
             size = (2 * h.shape[1], 2 * h.shape[2])
-            h = max_unpool(h, indices[s - 1], size)
+            h = max_unpool(h, indices[s - 1], size, window=2)
             chans = VGG16_STAGES[s - 1]
             for i in range(len(chans), 0, -1):
                 out = chans[0] if s == 1 else (VGG16_STAGES[s - 2][-1] if i == 1 else chans[i - 1])

@@ -10,7 +10,6 @@ spatial size (H, W), the index of the element at row h, column w is ``h * W + w`
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -62,7 +61,7 @@ def max_pool_with_indices(
     ``y[n, i, j, c] = max_{a < kh, b < kw} x[n, i*sh + a, j*sw + b, c]`` and
     ``indices[n, i, j, c] = (i*sh + a*) * W + (j*sw + b*)`` for the first maximising (a*, b*) in
     row-major window order. Windows are unpadded; with ``ceil_mode`` a last partial window is kept
-    (its missing cells never win). Gradients flow to the maximising element only.
+    (its missing cells never win). The gradient flows to the maximising element only.
 
     Args:
       x: array of shape (N, H, W, C).
@@ -83,34 +82,47 @@ def max_pool_with_indices(
         raise ValueError(
             f"max_pool_with_indices: input spatial size {(h, w)} is smaller than the window {(kh, kw)}"
         )
-    # Pad bottom/right so that every window lies inside; padded cells hold the lowest value.
-    ph, pw = max((ho - 1) * sh + kh - h, 0), max((wo - 1) * sw + kw - w, 0)
-    if ph or pw:
+    # Crop or pad (bottom/right, with the lowest value) to exactly the cells the windows cover.
+    need_h, need_w = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+    x = x[:, :need_h, :need_w]
+    if need_h > h or need_w > w:
         low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=low)
-    cells = [
-        x[:, a : a + (ho - 1) * sh + 1 : sh, b : b + (wo - 1) * sw + 1 : sw, :]
-        for a in range(kh)
-        for b in range(kw)
-    ]
-    stacked = jnp.stack(cells, axis=-1)  # (N, Ho, Wo, C, kh*kw)
-    arg = jnp.argmax(stacked, axis=-1)
-    y = jnp.take_along_axis(stacked, arg[..., None], axis=-1)[..., 0]
+        x = jnp.pad(x, ((0, 0), (0, need_h - x.shape[1]), (0, need_w - x.shape[2]), (0, 0)), constant_values=low)
+    if (kh, kw) == (sh, sw):  # non-overlapping: a reshape (cheap to compile and run)
+        blocks = x.reshape(n, ho, kh, wo, kw, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, kh * kw)
+    else:
+        cells = [x[:, a : a + (ho - 1) * sh + 1 : sh, b : b + (wo - 1) * sw + 1 : sw, :]
+                 for a in range(kh) for b in range(kw)]
+        blocks = jnp.stack(cells, axis=-1)  # (N, Ho, Wo, C, kh*kw), row-major window order
+    arg = jnp.argmax(blocks, axis=-1)
+    chosen = arg[..., None] == jnp.arange(kh * kw)
+    y = jnp.sum(jnp.where(chosen, blocks, jnp.zeros((), x.dtype)), axis=-1)
     rows = (jnp.arange(ho) * sh)[None, :, None, None] + arg // kw
     cols = (jnp.arange(wo) * sw)[None, None, :, None] + arg % kw
     return y, (rows * w + cols).astype(jnp.int32)
 
 
-def max_unpool(y: jax.Array, indices: jax.Array, output_size: Sequence[int]) -> jax.Array:
+def max_unpool(
+    y: jax.Array,
+    indices: jax.Array,
+    output_size: Sequence[int],
+    window: int | Sequence[int] | None = None,
+) -> jax.Array:
     """Inverse placement of :func:`max_pool_with_indices`: a zero map holding ``y`` at ``indices``.
 
     ``out[n, h, w, c] = y[n, i, j, c]`` where ``indices[n, i, j, c] = h * W + w``, and 0 elsewhere
     (PyTorch's ``MaxUnpool2d`` with ``output_size``). Out-of-range indices are dropped.
 
+    Given the ``window`` of a non-overlapping pooling (stride == window), the map is computed without a
+    scatter, ``out[n, h, w, c] = y[n, h // kh, w // kw, c] * [indices[n, h // kh, w // kw, c] = h W + w]``,
+    which is faster to compile and run; every index must then lie in its own window (as the pooling
+    makes it). Without ``window`` any indices are accepted (a scatter).
+
     Args:
       y: pooled values, shape (N, Ho, Wo, C).
       indices: int flat positions from :func:`max_pool_with_indices`, the same shape as ``y``.
       output_size: the spatial size (H, W) of the array that was pooled.
+      window: the pooling window (kh, kw) when windows did not overlap, or None.
 
     Returns:
       Array of shape (N, H, W, C) and the dtype of ``y``.
@@ -124,9 +136,19 @@ def max_unpool(y: jax.Array, indices: jax.Array, output_size: Sequence[int]) -> 
     n, ho, wo, c = y.shape
     if ho > h or wo > w:
         raise ValueError(f"max_unpool: output_size {(h, w)} is smaller than the pooled size {(ho, wo)}")
-    flat_idx = indices.reshape(n, ho * wo, c)
-    batch = jnp.arange(n)[:, None, None]
-    chan = jnp.arange(c)[None, None, :]
-    out = jnp.zeros((n, h * w, c), y.dtype)
-    out = out.at[batch, flat_idx, chan].set(y.reshape(n, ho * wo, c), mode="drop")
-    return out.reshape(n, h, w, c)
+    if window is None:
+        flat_idx = indices.reshape(n, ho * wo, c)
+        batch = jnp.arange(n)[:, None, None]
+        chan = jnp.arange(c)[None, None, :]
+        out = jnp.zeros((n, h * w, c), y.dtype)
+        out = out.at[batch, flat_idx, chan].set(y.reshape(n, ho * wo, c), mode="drop")
+        return out.reshape(n, h, w, c)
+    kh, kw = _pair(window, "window")
+
+    def spread(a: jax.Array, fill: int) -> jax.Array:
+        a = jnp.broadcast_to(a[:, :, None, :, None, :], (n, ho, kh, wo, kw, c)).reshape(n, ho * kh, wo * kw, c)
+        a = a[:, :h, :w]
+        return jnp.pad(a, ((0, 0), (0, h - a.shape[1]), (0, w - a.shape[2]), (0, 0)), constant_values=fill)
+
+    position = (jnp.arange(h)[:, None] * w + jnp.arange(w)[None, :])[None, :, :, None]
+    return jnp.where(spread(indices, -1) == position, spread(y, 0), jnp.zeros((), y.dtype))

@@ -6,10 +6,9 @@ finalized metrics are exact, independent of the batch size and of the number of 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
-import jax
 
 from orthojax.training.state import TrainState, model_variables
 
@@ -51,9 +50,3 @@ def make_eval_step(
 
     return eval_step
 
-
-def accumulate(eval_step: Callable, state: TrainState, acc: PyTree, batches: Iterable[PyTree]) -> PyTree:
-    """Runs ``eval_step`` over ``batches`` (already placed on devices) and returns the final accumulator."""
-    for batch in batches:
-        acc = eval_step(state, acc, batch)
-    return acc
