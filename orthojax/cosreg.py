@@ -37,6 +37,8 @@ def _task_matrix(task_grads: PyTree) -> jax.Array:
             f"{sorted(str(s) for s in sizes)}"
         )
     (num_tasks,) = sizes
+    if num_tasks == 0:
+        raise ValueError("task_grads has an empty task axis (T = 0); expected T >= 1 task gradients")
     dtype = jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
     return jnp.concatenate([jnp.reshape(leaf, (num_tasks, -1)).astype(dtype) for leaf in leaves], axis=1)
 
@@ -73,6 +75,12 @@ def penalty_from_cosine(cosine: jax.Array) -> jax.Array:
     return jnp.sum(off_diagonal * off_diagonal) / (num_tasks * (num_tasks - 1))
 
 
+def _check_num_tasks(task_grads: PyTree) -> None:
+    leaves = jax.tree.leaves(task_grads)
+    if leaves and jnp.ndim(leaves[0]) and leaves[0].shape[0] < 2:
+        raise ValueError(f"CosReg needs at least 2 tasks; got T = {leaves[0].shape[0]}")
+
+
 def cosreg_penalty(task_grads: PyTree) -> jax.Array:
     """The CosReg penalty ||C - I||_F^2 / (T (T - 1)) in [0, 1] (before alpha).
 
@@ -84,6 +92,7 @@ def cosreg_penalty(task_grads: PyTree) -> jax.Array:
     Raises:
       ValueError: T < 2.
     """
+    _check_num_tasks(task_grads)
     return penalty_from_cosine(cosine_matrix(task_grads))
 
 
@@ -164,7 +173,9 @@ def loss_with_cosreg(
       Suteu & Guo, "Regularizing Deep Multi-Task Networks using Orthogonal Gradients", eq. (5).
     """
     _check_alpha(alpha)
-    losses, jacobian, aux, _ = task_jacobian(task_losses_fn, params, *args, wrt=wrt, has_aux=has_aux)
+    losses, jacobian, aux, _ = task_jacobian(
+        task_losses_fn, params, *args, wrt=wrt, has_aux=has_aux, axis_name=axis_name
+    )
     mean_loss = jnp.mean(losses)
     if axis_name is not None:
         jacobian, mean_loss = jax.lax.pmean((jacobian, mean_loss), axis_name)

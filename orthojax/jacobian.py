@@ -37,16 +37,40 @@ def _check_losses(losses: jax.Array) -> None:
         )
 
 
+def _varying_axes(x: Any) -> tuple:
+    """The mapped axes ``x`` varies over inside ``jax.shard_map`` (empty elsewhere)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    axes = getattr(manual, "varying", None) if manual is not None else getattr(aval, "vma", None)
+    return tuple(sorted(axes or ()))
+
+
+def _make_varying(x: Any, axes: tuple) -> Any:
+    """``x`` marked as varying over ``axes`` (a no-op for axes it already varies over, and outside
+    ``shard_map``'s varying-axis typing, e.g. under ``pmap``)."""
+    missing = tuple(a for a in axes if a not in _varying_axes(x))
+    if not missing:
+        return x
+    try:
+        return jax.lax.pcast(x, missing, to="varying")
+    except (NameError, ValueError, TypeError):
+        return x
+
+
 def task_jacobian(
     task_losses_fn: Callable[..., Any],
     params: PyTree,
     *args: Any,
     wrt: Selector,
     has_aux: bool = False,
+    axis_name: Any = None,
 ) -> tuple[jax.Array, list[jax.Array], Any, Any]:
     """The Jacobian of the task losses w.r.t. the selected leaves, as a list of (T, ...) arrays.
 
-    The low-level form of :func:`task_gradients` (no averaging across devices, no nested dict).
+    The low-level form of :func:`task_gradients` (no averaging across devices, no nested dict). Inside
+    ``jax.shard_map``, ``axis_name`` marks the selected parameters as varying over that axis first, so
+    each device's Jacobian is its own shard's (a VJP w.r.t. replicated values would come back already
+    summed over devices).
 
     Returns:
       ``(losses, jacobian_leaves, aux, selection)``; ``selection.as_tree(jacobian_leaves)`` is the mirrored
@@ -59,9 +83,14 @@ def task_jacobian(
         _check_losses(losses)
         return losses, aux
 
-    losses, pullback, aux = jax.vjp(losses_of_selected, selection.selected, has_aux=True)
+    selected = selection.selected
+    if axis_name is not None:
+        axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+        selected = [_make_varying(leaf, axes) for leaf in selected]
+    losses, pullback, aux = jax.vjp(losses_of_selected, selected, has_aux=True)
+    basis_axes = _varying_axes(losses)
     basis = jnp.eye(losses.shape[0], dtype=losses.dtype)
-    (jacobian,) = jax.vmap(pullback)(basis)
+    (jacobian,) = jax.vmap(lambda row: pullback(_make_varying(row, basis_axes)))(basis)
     return losses, jacobian, aux, selection
 
 
@@ -95,7 +124,7 @@ def task_gradients(
       >>> grads["kernel"].shape  # (T, kh, kw, c_in, c_out)
     """
     losses, jacobian, aux, selection = task_jacobian(
-        task_losses_fn, params, *args, wrt=wrt, has_aux=has_aux
+        task_losses_fn, params, *args, wrt=wrt, has_aux=has_aux, axis_name=axis_name
     )
     if axis_name is not None:
         losses, jacobian = jax.lax.pmean((losses, jacobian), axis_name)

@@ -1,5 +1,15 @@
 """Multi-task methods behind one calling convention (see :mod:`orthojax.methods.base`)."""
 
+from orthojax.methods.aggregation import (
+    aligned_mtl,
+    cagrad,
+    dualproj,
+    gradient_aggregation,
+    imtl_g,
+    mgda,
+    pcgrad,
+    upgrad,
+)
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, last_shared_cosine
 from orthojax.methods.cosreg import cosreg
 from orthojax.methods.gradnorm import GradNormState, gradnorm
@@ -15,6 +25,7 @@ from orthojax.methods.recon import (
     select_conflict_layers,
     shared_layer_prefixes,
 )
+from orthojax.methods.loss_balancing import dwa, famo
 from orthojax.methods.registry import METHODS, get_method, method_names
 from orthojax.methods.rotograd import (
     RotoGradState,
@@ -28,6 +39,16 @@ from orthojax.methods.scalarization import equal, single_task, weighted_sum
 from orthojax.methods.uncertainty import UncertaintyState, uncertainty
 
 __all__ = [
+    "aligned_mtl",
+    "cagrad",
+    "dualproj",
+    "dwa",
+    "famo",
+    "gradient_aggregation",
+    "imtl_g",
+    "mgda",
+    "pcgrad",
+    "upgrad",
     "GradNormState",
     "METHODS",
     "Method",

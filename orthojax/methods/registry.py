@@ -1,7 +1,8 @@
 """Methods by name: ``get_method("cosreg", alpha=10.0)``.
 
 Names: "single_task", "equal", "cosreg", "uncertainty", "gradnorm", "rotate_only", "rotograd",
-"rotograd_norm", "recon". Hyper-parameters are the factories' keyword arguments (e.g.
+"rotograd_norm", "recon", and the gradient-aggregation methods "mgda", "pcgrad", "imtl_g", "aligned_mtl",
+"upgrad", "dualproj", "cagrad", with the loss-balancing "dwa" and "famo". Hyper-parameters are the factories' keyword arguments (e.g.
 ``get_method("rotograd", latent_size=20)``, ``get_method("recon", layers=(...), base="cosreg")``).
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from orthojax.methods.aggregation import aligned_mtl, cagrad, dualproj, imtl_g, mgda, pcgrad, upgrad
 from orthojax.methods.base import Method
+from orthojax.methods.loss_balancing import dwa, famo
 from orthojax.methods.cosreg import cosreg
 from orthojax.methods.gradnorm import gradnorm
 from orthojax.methods.recon import recon
@@ -29,6 +32,15 @@ METHODS: dict[str, Callable[..., Method]] = {
     "rotograd": rotograd,
     "rotograd_norm": rotograd_norm,
     "recon": recon,
+    "mgda": mgda,
+    "pcgrad": pcgrad,
+    "imtl_g": imtl_g,
+    "aligned_mtl": aligned_mtl,
+    "upgrad": upgrad,
+    "dualproj": dualproj,
+    "cagrad": cagrad,
+    "dwa": dwa,
+    "famo": famo,
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 
+from orthojax.methods.rotograd import RotoGradState, rotate_representations
 from orthojax.training.state import TrainState, model_variables
 
 PyTree = Any
@@ -45,7 +46,13 @@ def make_eval_step(
 
     def eval_step(state: TrainState, acc: PyTree, batch: Batch) -> PyTree:
         variables = model_variables(state.params, state.batch_stats)
-        outputs = model.apply(variables, batch[input_key], train=False)
+        if isinstance(state.method_state, RotoGradState):
+            # the heads were trained on rotated representations R_k z: evaluate them the same way
+            zs, extras = model.apply(variables, batch[input_key], train=False, method="encode")
+            zs = rotate_representations(state.method_state, zs)
+            outputs = model.apply(variables, zs, extras, train=False, method="decode")
+        else:
+            outputs = model.apply(variables, batch[input_key], train=False)
         return metrics.update(acc, tuple(outputs), batch)
 
     return eval_step

@@ -126,6 +126,25 @@ def _host_records(pending: list) -> list:
     return [{"step": s, "epoch": e, **to_jsonable(m)} for (s, e, _), m in zip(pending, fetched)]
 
 
+def _with_initial_variables(state: TrainState, fn: Callable[[dict], dict], optimizer, num_seeds: int) -> TrainState:
+    """Applies ``fn`` to each seed's initial variables and re-initialises the optimiser state."""
+    host = jax.device_get((state.params, state.batch_stats))
+
+    def one(params, stats):
+        variables = fn({"params": params, "batch_stats": stats})
+        return variables["params"], variables.get("batch_stats", stats)
+
+    if num_seeds == 1:
+        params, stats = one(*host)
+        opt_state = optimizer.init(params)
+    else:
+        outs = [one(*jax.tree.map(lambda x, i=i: x[i], host)) for i in range(num_seeds)]
+        params = jax.tree.map(lambda *xs: np.stack(xs), *[o[0] for o in outs])
+        stats = jax.tree.map(lambda *xs: np.stack(xs), *[o[1] for o in outs])
+        opt_state = jax.vmap(optimizer.init)(params)
+    return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
+
+
 def _stack_seed_results(results: list) -> dict:
     return {k: [r[k] for r in results] for k in results[0]}
 
@@ -148,6 +167,7 @@ def train_and_evaluate(
     eval_metrics: Optional[EvalMetrics] = None,
     mesh: Optional[Mesh] = None,
     run_config: Optional[Mapping[str, Any]] = None,
+    init_variables: Optional[Callable[[dict], dict]] = None,
 ) -> TrainResult:
     """Trains, evaluates, checkpoints and logs one run (or S vmapped seeds) in ``workdir``.
 
@@ -169,6 +189,9 @@ def train_and_evaluate(
       eval_metrics: accumulator for evaluation (required with ``eval_batches``).
       mesh: the data mesh (default: every device).
       run_config: the experiment's settings, written to ``config.json`` with ``config``.
+      init_variables: ``fn(variables) -> variables`` applied (on the host, per seed) to a fresh run's
+        initial ``{"params", "batch_stats"}``, e.g. to load pretrained encoder weights; the optimiser
+        state is re-initialised from the result. Not applied when resuming.
 
     Returns:
       :class:`TrainResult` (final state, history). ``history.status`` is "interrupted" after SIGTERM /
@@ -215,6 +238,10 @@ def train_and_evaluate(
         writer.truncate_after(latest)
     else:
         state = jax.jit(init, out_shardings=state_sharding)(keys)
+        if init_variables is not None:
+            state = jax.device_put(
+                _with_initial_variables(state, init_variables, optimizer, num_seeds), state_sharding
+            )
         history = History()
 
     train_step = compile_train_step(
@@ -288,11 +315,11 @@ def train_and_evaluate(
         bar.set_postfix(loss=f"{np.mean(records[-1]['loss']):.4g}", img_s=f"{images_per_sec:.0f}")
         check_streak(int(streak.max()), config.max_nonfinite, records[-1]["step"])
 
-    def end_epoch(epoch: int) -> None:
+    def end_epoch(epoch: int, force_eval: bool = False) -> None:
         flush()
         records = [r for r in history.train if r["epoch"] == epoch]
         evaluation = None
-        last = epoch == config.num_epochs - 1
+        last = epoch == config.num_epochs - 1 or force_eval
         if eval_step is not None and config.eval_every and ((epoch + 1) % config.eval_every == 0 or last):
             evaluation = evaluate(state)
         images_per_sec = clock["epoch_images"] / clock["epoch_time"] if clock["epoch_time"] > 0 else None
@@ -343,6 +370,9 @@ def train_and_evaluate(
                         f"{steps_per_epoch - start} batches (steps_per_epoch={steps_per_epoch})"
                     )
             flush()
+            if step > 0 and (not history.epochs or history.epochs[-1]["step"] != step):
+                # stopped by max_steps inside an epoch: evaluate what was trained
+                end_epoch((step - 1) // steps_per_epoch, force_eval=True)
             history.status = "completed"
             save(step)
     except NonFiniteError:
