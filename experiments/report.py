@@ -31,7 +31,8 @@ def summarize(row_results: Sequence[Mapping], columns: Sequence[Column]) -> list
         entry = {"row": row["row"], "label": row["label"], "method": row["method"],
                  "method_kwargs": row["method_kwargs"], "model_kwargs": row["model_kwargs"],
                  "seeds": [s["seed"] for s in seeds], "columns": {}}
-        for key, _, _ in columns:
+        keys = list(dict.fromkeys([c[0] for c in columns] + [k for s in seeds for k in s["metrics"]]))
+        for key in keys:
             mean, std, n = mean_std([s["metrics"].get(key) for s in seeds])
             entry["columns"][key] = {"mean": mean, "std": std, "n": n}
         mean, std, n = mean_std([s["sigma"] for s in seeds])

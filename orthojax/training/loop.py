@@ -265,7 +265,8 @@ def train_and_evaluate(
         acc = eval_metrics.init()
         if num_seeds > 1:
             acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *jnp.shape(x))), acc)
-        acc = jax.device_put(acc, replicated(mesh))
+        # host copies: an accumulator may hold one array under several names, and the eval step donates it
+        acc = jax.device_put(jax.tree.map(np.array, acc), replicated(mesh))
         for batch in eval_batches():
             acc = eval_step(state, acc, shard_batch(batch, mesh, allow_replicate=True))
         acc = jax.device_get(acc)
