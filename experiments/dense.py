@@ -32,9 +32,19 @@ from orthojax.metrics import (
     update_normals,
     update_segmentation,
 )
+from experiments.runner import Row
 from orthojax.training import EvalMetrics
 
-__all__ = ["TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "exact_normal_median",
+# the rows of the paper's dense tables (Tables 2 and 3)
+DENSE_ROWS = {
+    "single_task": Row("single_task", "Single task", "single_task"),
+    "equal": Row("equal", "Equal weights", "equal"),
+    "gradnorm": Row("gradnorm", "GradNorm", "gradnorm"),
+    "uncertainty": Row("uncertainty", "Uncertainty (Kendall)", "uncertainty"),
+    "cosreg": Row("cosreg", "CosReg", "cosreg"),
+}
+
+__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "exact_normal_median",
            "tasks_from_info"]
 
 

@@ -14,20 +14,14 @@ import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 from experiments.cli import add_segnet_flags, build_parser, method_kwargs_from_args, settings_overrides
-from experiments.dense import dense_benchmark
+from experiments.dense import DENSE_ROWS, dense_benchmark
 from experiments.paper_numbers import TABLE2_NYUV2
 from experiments.pipeline import default_workdir, run_benchmark, setup_runtime
-from experiments.runner import Row, RunSettings, row_for
+from experiments.runner import RunSettings, row_for
 from orthojax.data import dense_augment, load_nyuv2
 from orthojax.metrics import NYUV2_HIGHER_IS_BETTER, delta_m
 
-ROWS = {
-    "single_task": Row("single_task", "Single task", "single_task"),
-    "equal": Row("equal", "Equal weights", "equal"),
-    "gradnorm": Row("gradnorm", "GradNorm", "gradnorm"),
-    "uncertainty": Row("uncertainty", "Uncertainty (Kendall)", "uncertainty"),
-    "cosreg": Row("cosreg", "CosReg", "cosreg"),
-}
+ROWS = DENSE_ROWS
 TABLE2_ROWS = tuple(ROWS)
 
 PRESETS = {
