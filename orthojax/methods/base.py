@@ -17,6 +17,7 @@ weights, their optimiser state, step counters); ``out.metrics`` holds the method
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -28,7 +29,7 @@ from orthojax.select import Selector
 
 PyTree = Any
 
-__all__ = ["Method", "MethodStep", "MultiTaskProblem", "last_shared_cosine", "task_losses_and_aux"]
+__all__ = ["check_positive", "Method", "MethodStep", "MultiTaskProblem", "last_shared_cosine", "task_losses_and_aux"]
 
 
 class MultiTaskProblem(NamedTuple):
@@ -79,6 +80,22 @@ class Method(NamedTuple):
     name: str
     init: Callable[[PyTree, int], PyTree]
     step: Callable[..., MethodStep]
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A hyper-parameter that must be a finite real > 0 (>= 0 with ``allow_zero``), as a float.
+
+    Raises:
+      TypeError: not a real number (booleans included).
+      ValueError: negative, zero (unless allowed), infinite or NaN.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value == float("inf") or value != value:
+        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0; got {value}")
+    return value
 
 
 def task_losses_and_aux(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):

@@ -15,14 +15,13 @@ renormalised to sum to T.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import check_positive as _check_positive, Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.select import make_selection
 
 PyTree = Any
@@ -47,16 +46,6 @@ class GradNormState(NamedTuple):
     initial_losses: jax.Array
     count: jax.Array
     opt_state: Any
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value == float("inf") or value != value:
-        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0; got {value}")
-    return value
 
 
 def gradnorm(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from orthojax.methods.aggregation import aligned_mtl, cagrad, dualproj, imtl_g, mgda, pcgrad, upgrad
+from orthojax.methods.aggregation import AGGREGATORS
 from orthojax.methods.base import Method
 from orthojax.methods.loss_balancing import dwa, famo
 from orthojax.methods.cosreg import cosreg
@@ -32,13 +32,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "rotograd": rotograd,
     "rotograd_norm": rotograd_norm,
     "recon": recon,
-    "mgda": mgda,
-    "pcgrad": pcgrad,
-    "imtl_g": imtl_g,
-    "aligned_mtl": aligned_mtl,
-    "upgrad": upgrad,
-    "dualproj": dualproj,
-    "cagrad": cagrad,
+    **AGGREGATORS,
     "dwa": dwa,
     "famo": famo,
 }

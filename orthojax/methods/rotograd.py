@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import expm
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
+from orthojax.methods.base import check_positive as _check_positive, Method, MethodStep, MultiTaskProblem
 
 PyTree = Any
 
@@ -130,16 +130,6 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return int(value)
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value == float("inf") or value != value:
-        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0; got {value}")
-    return value
 
 
 def _build(
