@@ -123,10 +123,10 @@ def write_plots(workdir: str, row_results: Sequence[Mapping], title: str, window
     written = []
     if cosines:
         written.append(str(plot_cosine_distributions(cosines, os.path.join(plots, "cosine_distributions.png"),
-                                                     title=f"{title}: task-gradient cosines (first task pair, seed 0)")))
+                                                     title=f"{title}\ntask-gradient cosines (first task pair, seed 0)")))
         if min(len(v) for v in cosines.values()) >= window:
             written.append(str(plot_rolling_sigma(cosines, os.path.join(plots, "rolling_sigma.png"), window=window,
-                                                  title=f"{title}: rolling σ of cosines ({window} iterations)")))
+                                                  title=f"{title}\nrolling σ of cosines ({window} iterations)")))
     if curves:
         written.append(str(plot_training_curves(curves, os.path.join(plots, "training_curves.png"),
                                                 title=f"{title}: training loss")))

@@ -31,6 +31,7 @@ from orthojax.training.sharding import (
     initialize_distributed,
     make_mesh,
     replicated,
+    run_once,
     shard_batch,
 )
 from orthojax.training.state import TrainState, init_train_state, model_variables, num_model_tasks, step_key
@@ -65,6 +66,7 @@ __all__ = [
     "model_variables",
     "num_model_tasks",
     "replicated",
+    "run_once",
     "run_keys",
     "shard_batch",
     "step_key",

@@ -34,7 +34,7 @@ from orthojax.training.guard import NonFiniteError, check_streak
 from orthojax.training.history import History, epoch_means
 from orthojax.training.logging import MetricWriter, epoch_summary, to_jsonable, write_config
 from orthojax.training.seeds import run_keys, vmap_eval_step, vmap_init, vmap_train_step
-from orthojax.training.sharding import compile_train_step, make_mesh, replicated, shard_batch
+from orthojax.training.sharding import compile_train_step, make_mesh, replicated, run_once, shard_batch
 from orthojax.training.state import TrainState, init_train_state
 from orthojax.training.step import make_train_step
 
@@ -237,7 +237,7 @@ def train_and_evaluate(
         history.status = "running"
         writer.truncate_after(latest)
     else:
-        state = jax.jit(init, out_shardings=state_sharding)(keys)
+        state = run_once(init, state_sharding, keys)
         if init_variables is not None:
             state = jax.device_put(
                 _with_initial_variables(state, init_variables, optimizer, num_seeds), state_sharding
