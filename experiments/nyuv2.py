@@ -58,15 +58,26 @@ def table_metrics(evaluation: Mapping[str, Any]) -> dict:
     return out
 
 
+def field_metric_keys(aggregation: str) -> list[str]:
+    """Evaluation keys of the nine field metrics under ``aggregation``: "pooled" (LibMTL: every statistic
+    over all test pixels) or "batch" (MTAN / Nash-MTL / CAGrad: depth and normal statistics averaged per
+    test batch; segmentation from one confusion matrix over the whole test set in both)."""
+    if aggregation not in ("pooled", "batch"):
+        raise ValueError(f"aggregation must be 'pooled' or 'batch'; got {aggregation!r}")
+    per_batch = aggregation == "batch"
+    return [f"{t}/batch/{m}" if per_batch and t != "seg" else f"{t}/{m}" for t, m in FIELD_METRICS]
+
+
 def field_section(summary: Sequence[Mapping]) -> tuple[str, dict]:
     """The nine field metrics per row and Delta_m% against our single-task row, both aggregations."""
     by = {e["row"]: e for e in summary}
     lines, payload = [], {}
-    for aggregation, prefix_fmt in (("pooled (LibMTL-style, exact over all test pixels)", "{task}/"),
-                                    ("per-batch means (MTAN-style)", "{task}/batch/")):
-        names = [prefix_fmt.format(task=t) + m for t, m in FIELD_METRICS]
+    for aggregation, title in (("pooled", "pooled (LibMTL-style, exact over all test pixels)"),
+                               ("batch", "per-batch means (MTAN-style: segmentation from the confusion matrix "
+                                         "over the whole test set, depth and normals averaged per test batch)")):
+        names = field_metric_keys(aggregation)
         head = ["Method"] + [n.split("/")[0] + " " + n.split("/")[-1] for n in names] + ["Δm% vs our single task"]
-        lines += [f"**{aggregation}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         base = by.get("single_task")
         for entry in summary:
             means = {n: entry["columns"].get(n, {}).get("mean") for n in names}

@@ -61,10 +61,28 @@ def test_nyuv2_end_to_end_on_synthetic_scenes(tmp_path):
     rows = {r["row"]: r for r in results["rows"]}
     for key in ("seg_err", "depth_rmse", "normal_err"):
         assert rows["cosreg"]["columns"][key]["mean"] is not None
-    pooled = results["field_metrics"]["pooled (LibMTL-style, exact over all test pixels)"]
-    assert 0.0 <= pooled["cosreg"]["metrics"]["normal/angle_median"] <= 180.0
-    assert pooled["cosreg"]["metrics"]["seg/miou"] is not None
+    pooled = results["field_metrics"]["pooled"]["cosreg"]["metrics"]
+    per_batch = results["field_metrics"]["batch"]["cosreg"]["metrics"]
+    assert 0.0 <= pooled["normal/angle_median"] <= 180.0
+    assert len(pooled) == len(per_batch) == 9 and None not in {**pooled, **per_batch}.values()
+    assert per_batch["seg/miou"] == pooled["seg/miou"]  # MTAN also pools the confusion matrix
     assert "SYNTHETIC" in open(os.path.join(workdir, "results.md")).read()
+
+
+def test_nyuv2_field_section_delta_m_against_hand_computation():
+    keys = nyuv2.field_metric_keys("batch")
+    assert keys[:2] == ["seg/miou", "seg/pixel_acc"] and keys[2] == "depth/batch/abs_err"
+    base = dict(zip(keys, [0.4, 0.6, 0.7, 0.3, 25.0, 20.0, 0.3, 0.5, 0.7]))
+    other = dict(base, **{"seg/miou": 0.44, "depth/batch/abs_err": 0.63})  # both 10 % better
+    summary = [{"row": row, "label": row, "columns": {k: {"mean": v} for k, v in values.items()}}
+               for row, values in (("single_task", base), ("equal", other))]
+    text, payload = nyuv2.field_section(summary)
+    assert payload["batch"]["single_task"]["delta_m"] == pytest.approx(0.0)
+    assert payload["batch"]["equal"]["delta_m"] == pytest.approx(-20.0 / 9)
+    assert payload["pooled"]["equal"]["delta_m"] == pytest.approx(-10.0 / 2)  # only the seg keys are pooled
+    assert "MTAN-style" in text and "LibMTL-style" in text
+    with pytest.raises(ValueError, match="aggregation"):
+        nyuv2.field_metric_keys("mean")
 
 
 def test_sunrgbd_end_to_end_on_synthetic_scenes(tmp_path):
