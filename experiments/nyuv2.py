@@ -89,7 +89,7 @@ def field_section(summary: Sequence[Mapping]) -> tuple[str, dict]:
                 if usable:
                     dm = delta_m({n: means[n] for n in usable}, {n: ref[n] for n in usable},
                                  {n: NYUV2_HIGHER_IS_BETTER[n.split("/")[-1]] for n in usable})
-            cells.append("-" if dm is None else f"{dm:+.2f}")
+            cells.append("-" if dm is None else f"{dm + 0.0:+.2f}")  # + 0.0: no "-0.00"
             payload.setdefault(aggregation, {})[entry["row"]] = {"metrics": means, "delta_m": dm}
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
