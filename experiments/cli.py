@@ -79,6 +79,10 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize() (each process feeds its slice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="persistent XLA compilation cache: programs shared by the rows and every program of "
+                             "a resumed or repeated run load instead of compiling; 'off' disables it (default: "
+                             "$ORTHOJAX_COMPILATION_CACHE, else ~/.cache/orthojax/xla)")
     return parser
 
 

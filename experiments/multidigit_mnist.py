@@ -173,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--sweep-lrs", default="1e-3,3e-4", help="sweep: learning rates")
     parser.add_argument("--filters", type=int, default=20, help="filters per conv layer (20 in the paper)")
     args = parser.parse_args(argv)
-    setup_runtime(args.distributed)
+    setup_runtime(args.distributed, args.compilation_cache)
 
     preset = PRESETS[args.preset]
     settings = dataclasses.replace(preset["settings"], **settings_overrides(args))

@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="random scale-crop (1, 1.2, 1.5; depth / s) and horizontal flips (normal x negated)")
     add_segnet_flags(parser)
     args = parser.parse_args(argv)
-    setup_runtime(args.distributed)
+    setup_runtime(args.distributed, args.compilation_cache)
     preset = PRESETS[args.preset]
     settings = dataclasses.replace(preset["settings"], **settings_overrides(args))
     image_size = preset["image_size"] if args.protocol == "paper" or args.data_dir is None else None

@@ -12,7 +12,7 @@ from experiments.report import Column, summarize, write_plots, write_results
 from experiments.runner import Benchmark, Row, RunSettings, run_table
 from orthojax.training import initialize_distributed
 
-__all__ = ["default_workdir", "run_benchmark", "setup_runtime"]
+__all__ = ["compilation_cache_dir", "default_workdir", "run_benchmark", "setup_runtime"]
 
 
 def default_workdir(name: str, preset: str) -> str:
@@ -20,9 +20,20 @@ def default_workdir(name: str, preset: str) -> str:
     return os.path.join("runs", f"{name}-{preset}")
 
 
-def setup_runtime(distributed: bool) -> None:
-    """Multi-host initialisation (``--distributed``) and a line saying which devices run the job."""
+def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
+    """The persistent compilation cache's directory: ``flag`` (``--compilation-cache``), else
+    ``$ORTHOJAX_COMPILATION_CACHE``, else ``~/.cache/orthojax/xla``; None when it is "off"."""
+    value = flag or os.environ.get("ORTHOJAX_COMPILATION_CACHE") or os.path.join("~", ".cache", "orthojax", "xla")
+    return None if value.strip().lower() == "off" else os.path.expanduser(value)
+
+
+def setup_runtime(distributed: bool, compilation_cache: Optional[str] = None) -> None:
+    """Multi-host initialisation (``--distributed``), the persistent compilation cache (see
+    :func:`compilation_cache_dir`) and a line saying which devices run the job."""
     initialize_distributed(distributed)
+    cache = compilation_cache_dir(compilation_cache)
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", cache)
     if jax.process_index() == 0:
         devices = jax.devices()
         print(f"devices: {len(devices)} x {devices[0].platform} ({jax.process_count()} process(es))",

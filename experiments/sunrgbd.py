@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     add_segnet_flags(parser)
     args = parser.parse_args(argv)
-    setup_runtime(args.distributed)
+    setup_runtime(args.distributed, args.compilation_cache)
     preset = PRESETS[args.preset]
     settings = dataclasses.replace(preset["settings"], **settings_overrides(args))
     splits, info = load_sunrgbd(args.data_dir, image_size=preset["image_size"], target_size=preset["target_size"],

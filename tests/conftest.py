@@ -8,12 +8,17 @@ finite differences in float64, or from explicit per-task ``jax.grad`` loops writ
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
-from jax import lax
-from jax.flatten_util import ravel_pytree
+import os
+
+# The experiments' persistent compilation cache stays out of the home directory during tests.
+os.environ.setdefault("ORTHOJAX_COMPILATION_CACHE", "off")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax import lax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
 
 @pytest.fixture

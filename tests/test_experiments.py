@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from experiments import multidigit_mnist, nyuv2, sunrgbd
+from experiments.pipeline import compilation_cache_dir
 
 
 def _results(workdir):
@@ -98,3 +101,23 @@ def test_unknown_method_is_a_clear_error(tmp_path):
     with pytest.raises(KeyError, match="unknown method"):
         multidigit_mnist.main(["--methods", "nope", "--max-steps", "1", "--workdir", str(tmp_path / "x"),
                                "--no-progress"])
+
+
+def test_compilation_cache_dir_flag_then_environment_then_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORTHOJAX_COMPILATION_CACHE", str(tmp_path / "env"))
+    assert compilation_cache_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+    assert compilation_cache_dir(None) == str(tmp_path / "env")
+    assert compilation_cache_dir("OFF") is None
+    monkeypatch.delenv("ORTHOJAX_COMPILATION_CACHE")
+    assert compilation_cache_dir(None) == os.path.expanduser(os.path.join("~", ".cache", "orthojax", "xla"))
+    monkeypatch.setenv("ORTHOJAX_COMPILATION_CACHE", "off")
+    assert compilation_cache_dir(None) is None
+
+
+def test_experiment_fills_its_compilation_cache(tmp_path):
+    """A fresh process (the cache is set before anything compiles) writes the compiled programs."""
+    cache = tmp_path / "xla"
+    subprocess.run([sys.executable, "-m", "experiments.multidigit_mnist", "--methods", "equal", "--max-steps", "1",
+                    "--workdir", str(tmp_path / "run"), "--no-progress", "--compilation-cache", str(cache)],
+                   check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert cache.is_dir() and any(cache.iterdir())
