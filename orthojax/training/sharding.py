@@ -129,7 +129,7 @@ def init_sharded(init_fn: Callable[..., PyTree], mesh: Mesh, *args: Any) -> tupl
 
 
 # Options for programs that run once. The CPU backend's LLVM optimisation of the threefry random-bit
-# generators of a large initialiser takes most of its compile time (about 50 s of 57 s for a SegNet
+# generators of a large initialiser takes most of its compile time (about 43 s of 50 s for a SegNet
 # init); a program run once does not pay that back, so it is compiled without backend optimisation.
 _RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
