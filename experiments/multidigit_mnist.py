@@ -151,7 +151,8 @@ def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> No
                 cos = np.asarray(seed_result["cosines"])
                 if not cos.size or not seed_result["metrics"]:
                     continue
-                sigma0 = float(np.mean(first_epoch_sigma(cos, n_steps)))
+                # a run shorter than an epoch (--max-steps) gives the sigma of the steps it took
+                sigma0 = float(np.mean(first_epoch_sigma(cos, min(n_steps, len(cos)))))
                 points.append({"sigma": sigma0, "accuracy": seed_result["metrics"]["accuracy"],
                                "label": row.label, "filters": f, "batch_size": bs, "lr": lr,
                                "seed": seed_result["seed"]})

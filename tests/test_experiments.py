@@ -56,6 +56,18 @@ def test_multidigit_resume_reuses_finished_runs(tmp_path):
     assert _results(workdir)["rows"][0]["columns"]["accuracy"]["mean"] == first
 
 
+def test_multidigit_sweep_writes_figure_3_points_and_plot(tmp_path):
+    workdir = tmp_path / "sweep"
+    multidigit_mnist.main(["--sweep", "--methods", "equal", "--sweep-filters", "4,6", "--sweep-batch-sizes", "32",
+                           "--sweep-lrs", "1e-3", "--seeds", "2", "--max-steps", "3", "--workdir", str(workdir),
+                           "--no-progress"])
+    points = json.load(open(workdir / "sweep.json"))["points"]
+    assert sorted((p["filters"], p["seed"]) for p in points) == [(4, 0), (4, 1), (6, 0), (6, 1)]
+    for p in points:
+        assert p["sigma"] >= 0.0 and 0.0 <= p["accuracy"] <= 100.0 and p["batch_size"] == 32 and p["lr"] == 1e-3
+    assert (workdir / "plots" / "accuracy_vs_first_epoch_sigma.png").stat().st_size > 0
+
+
 def test_nyuv2_end_to_end_on_synthetic_scenes(tmp_path):
     workdir = str(tmp_path / "nyu")
     nyuv2.main(["--methods", "cosreg", "--max-steps", "2", "--workdir", workdir, "--no-progress"])
