@@ -133,6 +133,25 @@ def findings(summary: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def sweep_correlations(points: Sequence[Mapping[str, Any]]) -> dict:
+    """Pearson r between first-epoch σ and final accuracy: over all points ("all") and per method label.
+
+    A group with fewer than three points, or with a constant σ or accuracy, gets None.
+    """
+    groups = {"all": list(points)}
+    for p in points:
+        groups.setdefault(p["label"], []).append(p)
+
+    def pearson(group):
+        sigma = np.array([p["sigma"] for p in group], dtype=np.float64)
+        acc = np.array([p["accuracy"] for p in group], dtype=np.float64)
+        if len(group) < 3 or np.ptp(sigma) == 0 or np.ptp(acc) == 0:
+            return None
+        return float(np.corrcoef(sigma, acc)[0, 1])
+
+    return {name: pearson(group) for name, group in groups.items()}
+
+
 def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> None:
     """Figure 3: final validation accuracy against first-epoch σ across filters, batch sizes, lrs, seeds."""
     filters = [int(x) for x in parse_list(args.sweep_filters)]
@@ -158,11 +177,11 @@ def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> No
                                "seed": seed_result["seed"]})
     plot = plot_accuracy_vs_sigma(points, os.path.join(workdir, "plots", "accuracy_vs_first_epoch_sigma.png"),
                                   title="MultiDigitMNIST: validation accuracy vs first-epoch σ")
+    pearson_r = sweep_correlations(points)
     with open(os.path.join(workdir, "sweep.json"), "w") as fh:
-        json.dump({"points": points, "plot": str(plot)}, fh, indent=2)
-    if len(points) > 2:
-        r = np.corrcoef([p["sigma"] for p in points], [p["accuracy"] for p in points])[0, 1]
-        print(f"sweep: {len(points)} runs; Pearson r(first-epoch σ, val accuracy) = {r:.3f}; plot: {plot}")
+        json.dump({"points": points, "pearson_r": pearson_r, "plot": str(plot)}, fh, indent=2)
+    described = ", ".join(f"{name} {'n/a' if r is None else f'{r:.3f}'}" for name, r in pearson_r.items())
+    print(f"sweep: {len(points)} runs; Pearson r(first-epoch σ, val accuracy): {described}; plot: {plot}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

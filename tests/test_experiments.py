@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import multidigit_mnist, nyuv2, sunrgbd
@@ -66,6 +67,21 @@ def test_multidigit_sweep_writes_figure_3_points_and_plot(tmp_path):
     for p in points:
         assert p["sigma"] >= 0.0 and 0.0 <= p["accuracy"] <= 100.0 and p["batch_size"] == 32 and p["lr"] == 1e-3
     assert (workdir / "plots" / "accuracy_vs_first_epoch_sigma.png").stat().st_size > 0
+    assert set(json.load(open(workdir / "sweep.json"))["pearson_r"]) == {"all", "No reg"}
+
+
+def test_sweep_correlations_against_numpy_per_label_and_degenerate_groups():
+    rng = np.random.default_rng(0)
+    points = [{"sigma": float(s), "accuracy": float(a), "label": label}
+              for label in ("A", "B") for s, a in rng.normal(size=(5, 2))]
+    points.append({"sigma": 0.1, "accuracy": 50.0, "label": "C"})  # a single point: no correlation
+    r = multidigit_mnist.sweep_correlations(points)
+    for name, group in (("all", points), ("A", points[:5]), ("B", points[5:10])):
+        expected = np.corrcoef([p["sigma"] for p in group], [p["accuracy"] for p in group])[0, 1]
+        assert r[name] == pytest.approx(expected)
+    assert r["C"] is None
+    flat = [{"sigma": 0.2, "accuracy": float(a), "label": "A"} for a in range(4)]
+    assert multidigit_mnist.sweep_correlations(flat) == {"all": None, "A": None}
 
 
 def test_nyuv2_end_to_end_on_synthetic_scenes(tmp_path):
