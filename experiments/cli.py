@@ -29,6 +29,16 @@ def parse_seeds(text: str) -> list[int]:
     return values
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not already say it and X means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str, description: str, rows: Sequence[str], default_rows: Sequence[str],
                  default_alpha: float) -> argparse.ArgumentParser:
     """The shared parser; an experiment adds its own flags to the result.
@@ -41,11 +51,11 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
       default_alpha: the paper's CosReg alpha for this benchmark.
     """
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=_HelpFormatter
     )
     known = sorted(set(rows) | set(method_names()))
     parser.add_argument(
-        "--methods", type=parse_list, default=list(default_rows),
+        "--methods", type=parse_list, default=",".join(default_rows),
         help=f"table rows to run (comma-separated); rows: {', '.join(known)}",
     )
     parser.add_argument("--seeds", type=parse_seeds, default=None,

@@ -149,3 +149,16 @@ def test_experiment_fills_its_compilation_cache(tmp_path):
                     "--workdir", str(tmp_path / "run"), "--no-progress", "--compilation-cache", str(cache)],
                    check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert cache.is_dir() and any(cache.iterdir())
+
+
+@pytest.mark.parametrize("experiment", [multidigit_mnist, nyuv2, sunrgbd], ids=["multidigit", "nyuv2", "sunrgbd"])
+def test_help_documents_every_shared_flag_once(experiment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--methods", "--seeds", "--data-dir", "--workdir", "--resume", "--preset", "--alpha", "--epochs",
+                 "--max-steps", "--compilation-cache"):
+        assert flag in text, flag
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: single_task," in text  # the paper's rows, as the user would type them
