@@ -161,7 +161,7 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         kwargs.setdefault("latent_size", bench.latent_size(model))
         kwargs.setdefault("learning_rate", settings.learning_rate / 2)
     method = get_method(method_name, **kwargs)
-    n_steps = steps_per_epoch(len(next(iter(bench.train.values()))), settings.batch_size)
+    n_steps = _steps_per_epoch(bench, settings)
     sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
     config = TrainConfig(
         num_epochs=epochs or settings.epochs, seed=int(seeds[0]), num_seeds=len(seeds),
@@ -311,6 +311,20 @@ def _recon(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: 
     return results
 
 
+def _steps_per_epoch(bench: Benchmark, settings: RunSettings) -> int:
+    """Full training batches per epoch; a training split smaller than one batch is an error that says so."""
+    n = len(next(iter(bench.train.values())))
+    n_steps = steps_per_epoch(n, settings.batch_size)
+    if n_steps < 1:
+        raise ValueError(f"{bench.name}: the training split holds {n} examples, fewer than one batch of "
+                         f"{settings.batch_size}; give --batch-size {n} or less, or more training data")
+    return n_steps
+
+
 def run_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> list:
-    """Runs every row; returns the list of row results (see :func:`run_row`)."""
+    """Runs every row; returns the list of row results (see :func:`run_row`).
+
+    Checks that one training batch fits before any row starts, so a bad setting writes nothing.
+    """
+    _steps_per_epoch(bench, settings)
     return [run_row(bench, settings, row, workdir) for row in rows]

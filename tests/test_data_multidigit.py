@@ -9,35 +9,12 @@ from orthojax.data import mnist_io, multidigit
 from orthojax.data.mnist_io import load_mnist_idx, read_idx
 from orthojax.data.multidigit import multidigit_info, multidigit_mnist, split_pairs
 
-
-def write_idx(path, array):
-    """Independent IDX writer (big-endian header, uint8 payload)."""
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
-    data = header + array.tobytes()
-    if str(path).endswith(".gz"):
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def id_digits(per_class, first_id):
-    """Digits whose 28x28 square is filled with a unique id (so a canvas reveals which digit it holds)."""
-    labels = np.repeat(np.arange(10), per_class)
-    ids = first_id + np.arange(len(labels))
-    return np.broadcast_to(ids[:, None, None], (len(ids), 28, 28)).astype(np.uint8), labels
+from _data_fixtures import id_digits, write_idx, write_mnist_idx
 
 
 @pytest.fixture
 def idx_dir(tmp_path):
-    train, train_y = id_digits(12, 1)  # ids 1..120
-    test, test_y = id_digits(8, 121)  # ids 121..200
-    write_idx(tmp_path / "train-images-idx3-ubyte.gz", train)
-    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", train_y)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", test)
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte", test_y)
-    return tmp_path
+    return write_mnist_idx(tmp_path)
 
 
 def digit_ids(image):

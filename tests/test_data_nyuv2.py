@@ -6,31 +6,14 @@ import pytest
 from scipy.io import savemat
 
 from orthojax.data.nyuv2 import NYU40_TO_13, load_nyuv2, read_mtan_split
-from orthojax.data.resize import normalize_normals
+
+from _data_fixtures import write_mtan
 
 H, W = 12, 16
 
 
-def write_mtan(root, counts=(3, 2)):
-    rng = np.random.default_rng(0)
-    for split, n in zip(("train", "val"), counts):
-        for key in ("image", "label", "depth", "normal"):
-            (root / split / key).mkdir(parents=True)
-        for i in range(n):
-            label = rng.integers(-1, 13, (H, W)).astype(np.float64)
-            depth = rng.uniform(0.5, 8, (H, W, 1))
-            depth[0, :3] = 0
-            normal = normalize_normals(rng.normal(size=(H, W, 3))).astype(np.float64)
-            normal[0, :3] = 0
-            np.save(root / split / "image" / f"{i}.npy", rng.random((H, W, 3)))
-            np.save(root / split / "label" / f"{i}.npy", label)
-            np.save(root / split / "depth" / f"{i}.npy", depth)
-            np.save(root / split / "normal" / f"{i}.npy", normal)
-    return root
-
-
 def test_mtan_protocol_at_native_size(tmp_path):
-    root = write_mtan(tmp_path)
+    root = write_mtan(tmp_path, size=(H, W))
     splits, info = load_nyuv2(root, "mtan", image_size=(H, W), target_size=(H, W))
     assert len(splits["train"]["image"]) == 3 and len(splits["test"]["image"]) == 2
     for i in range(3):
@@ -43,7 +26,7 @@ def test_mtan_protocol_at_native_size(tmp_path):
 
 
 def test_paper_protocol_void_is_background_and_resizing(tmp_path):
-    root = write_mtan(tmp_path)
+    root = write_mtan(tmp_path, size=(H, W))
     splits, info = load_nyuv2(root, "paper", image_size=(8, 8), target_size=(6, 8))
     t = splits["train"]
     assert t["image"].shape == (3, 8, 8, 3) and t["seg"].shape == (3, 6, 8) and t["depth"].shape == (3, 6, 8, 1)
@@ -59,7 +42,7 @@ def test_paper_protocol_void_is_background_and_resizing(tmp_path):
 
 
 def test_max_items_and_without_normals(tmp_path):
-    root = write_mtan(tmp_path)
+    root = write_mtan(tmp_path, size=(H, W))
     splits, info = load_nyuv2(root, "mtan", image_size=(H, W), target_size=(H, W), max_items=1, with_normals=False)
     assert len(splits["train"]["image"]) == 1 and "normal" not in splits["train"]
     assert "normal" not in info["tasks"] and any("disabled" in n for n in info["notes"])
@@ -81,7 +64,7 @@ def test_max_items_and_without_normals(tmp_path):
     ],
 )
 def test_mtan_bad_input(tmp_path, corrupt, match):
-    root = write_mtan(tmp_path)
+    root = write_mtan(tmp_path, size=(H, W))
     corrupt(root)
     with pytest.raises(ValueError, match=match):
         read_mtan_split(root, "train", "mtan", (H, W), (H, W))
@@ -90,7 +73,7 @@ def test_mtan_bad_input(tmp_path, corrupt, match):
 def test_mtan_missing_root_split_and_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_mtan_split(tmp_path / "none", "train")
-    root = write_mtan(tmp_path / "r")
+    root = write_mtan(tmp_path / "r", size=(H, W))
     with pytest.raises(FileNotFoundError, match="test: missing NYUv2 split folder"):
         read_mtan_split(root, "test")
     import shutil

@@ -6,33 +6,9 @@ from PIL import Image
 
 from orthojax.data.sunrgbd import decode_depth, load_sunrgbd, read_list_file, read_sunrgbd_split
 
+from _data_fixtures import write_sun
+
 H, W = 6, 8
-
-
-def write_sun(root, n=(2, 1)):
-    rng = np.random.default_rng(0)
-    truth = {}
-    for split, count in zip(("train", "test"), n):
-        for d in ("image", "depth", "label13", "label37"):
-            (root / d / split).mkdir(parents=True, exist_ok=True)
-        lines13, lines37 = [], []
-        for i in range(1, count + 1):
-            img = f"image/{split}/img-{i:06d}.png"  # lossless stand-in for the .jpg files
-            dep = f"depth/{split}/{i:08d}.png"
-            l13, l37 = f"label13/{split}/img13labels-{i:06d}.png", f"label37/{split}/img37labels-{i:06d}.png"
-            rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-            depth = rng.integers(0, 65535, (H, W), dtype=np.uint16)
-            lab13, lab37 = rng.integers(0, 14, (H, W), dtype=np.uint8), rng.integers(0, 38, (H, W), dtype=np.uint8)
-            Image.fromarray(rgb).save(root / img)
-            Image.fromarray(depth).save(root / dep)
-            Image.fromarray(lab13).save(root / l13)
-            Image.fromarray(lab37).save(root / l37)
-            lines13.append(f"{img} {dep} {l13}")
-            lines37.append(f"{img} {dep} {l37}")
-            truth[(split, i - 1)] = (rgb, depth, lab13, lab37)
-        (root / f"{split}13.txt").write_text("\n".join(lines13) + "\n")
-        (root / f"{split}37.txt").write_text("\n".join(lines37) + "\n")
-    return truth
 
 
 def test_decode_depth_conventions():
@@ -46,7 +22,7 @@ def test_decode_depth_conventions():
 
 
 def test_read_split_native_size(tmp_path):
-    truth = write_sun(tmp_path)
+    truth = write_sun(tmp_path, size=(H, W))
     for depth_format in ("png10000", "toolbox"):
         out = read_sunrgbd_split(tmp_path, "train", (H, W), (H, W), depth_format)
         for i in range(2):
@@ -59,7 +35,7 @@ def test_read_split_native_size(tmp_path):
 
 
 def test_load_resized_and_info(tmp_path):
-    write_sun(tmp_path)
+    write_sun(tmp_path, size=(H, W))
     splits, info = load_sunrgbd(tmp_path, image_size=(4, 4), target_size=(3, 4))
     assert splits["train"]["image"].shape == (2, 4, 4, 3) and splits["test"]["seg37"].shape == (1, 3, 4)
     assert info["num_classes"] == {"seg13": 13, "seg37": 37} and info["synthetic"] is False
@@ -69,7 +45,7 @@ def test_load_resized_and_info(tmp_path):
 def test_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_sunrgbd_split(tmp_path / "none", "train")
-    truth = write_sun(tmp_path)
+    truth = write_sun(tmp_path, size=(H, W))
     (tmp_path / "test13.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="test13.txt: empty list file"):
         read_sunrgbd_split(tmp_path, "test")
@@ -80,16 +56,16 @@ def test_bad_input(tmp_path):
     (tmp_path / "train37.txt").write_text(lines[0] + "\n")
     with pytest.raises(ValueError, match="train13.txt has 2 lines but .*train37.txt has 1"):
         read_sunrgbd_split(tmp_path, "train")
-    write_sun(tmp_path)
+    write_sun(tmp_path, size=(H, W))
     bad = np.full((H, W), 14, np.uint8)
     Image.fromarray(bad).save(tmp_path / "label13/train/img13labels-000002.png")
     with pytest.raises(ValueError, match="img13labels-000002.png: label values must be in 0..13"):
         read_sunrgbd_split(tmp_path, "train")
-    write_sun(tmp_path)
+    write_sun(tmp_path, size=(H, W))
     (tmp_path / "depth/train/00000001.png").unlink()
     with pytest.raises(FileNotFoundError, match="00000001.png: missing depth"):
         read_sunrgbd_split(tmp_path, "train")
-    write_sun(tmp_path)
+    write_sun(tmp_path, size=(H, W))
     Image.fromarray(np.zeros((H + 1, W), np.uint16)).save(tmp_path / "depth/train/00000001.png")
     with pytest.raises(ValueError, match="00000001.png: expected a single-channel integer depth PNG of size"):
         read_sunrgbd_split(tmp_path, "train")
