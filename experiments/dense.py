@@ -210,10 +210,8 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
         apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
         return {"normal/angle_median": exact_normal_median(apply, variables, batches, keys.index("normal"))}
 
-    init_variables = None
-    if vgg16_weights is not None:
-        def init_variables(variables):
-            return load_vgg16_weights(variables, vgg16_weights)
+    init_variables = None if vgg16_weights is None else (
+        lambda variables: load_vgg16_weights(variables, vgg16_weights))
 
     return Benchmark(
         name=name, task_names=tuple(keys), train=splits["train"], eval=splits["test"], build_model=build,

@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 __all__ = ["LAST_SHARED_LAYER", "MultiDigitCNN", "cnn_shared_layer_names"]
 
