@@ -132,7 +132,7 @@ def test_nyuv2_on_mtan_layout_from_data_dir_at_native_size(tmp_path):
     data_dir = write_mtan(tmp_path / "nyu", counts=(4, 2), size=(32, 32))
     workdir = tmp_path / "nyu-real"
     args = ["--methods", "equal", "--max-steps", "1", "--protocol", "mtan", "--data-dir", str(data_dir),
-            "--workdir", str(workdir), "--no-progress"]
+            "--workdir", str(workdir), "--no-progress", "--no-batchnorm"]  # BatchNorm doubles the compile time
     with pytest.raises(ValueError, match="holds 4 examples, fewer than one batch of 8"):
         nyuv2.main(args)  # the quick preset's batch of 8 does not fit: stopped before anything is written
     assert not (workdir / "results.json").exists() and not (workdir / "equal").exists()
@@ -150,7 +150,7 @@ def test_sunrgbd_on_reorganised_layout_from_data_dir(tmp_path):
     data_dir = tmp_path / "sun"
     write_sun(data_dir, n=(2, 1), size=(24, 32))
     workdir = str(tmp_path / "sun-real")
-    sunrgbd.main(["--methods", "equal", "--max-steps", "1", "--batch-size", "2", "--data-dir", str(data_dir),
+    sunrgbd.main(["--methods", "equal", "--max-steps", "1", "--batch-size", "2", "--no-batchnorm", "--data-dir", str(data_dir),
                   "--workdir", workdir, "--no-progress"])
     results = _results(workdir)
     assert results["data"]["synthetic"] is False and results["protocol"]["classes"] == {"seg13": 13, "seg37": 37}
