@@ -64,12 +64,13 @@ def test_multidigit_sweep_writes_figure_3_points_and_plot(tmp_path):
     multidigit_mnist.main(["--sweep", "--methods", "equal", "--sweep-filters", "4,6", "--sweep-batch-sizes", "32",
                            "--sweep-lrs", "1e-3", "--seeds", "2", "--max-steps", "3", "--workdir", str(workdir),
                            "--no-progress"])
-    points = json.load(open(workdir / "sweep.json"))["points"]
+    sweep = json.loads((workdir / "sweep.json").read_text())
+    points = sweep["points"]
     assert sorted((p["filters"], p["seed"]) for p in points) == [(4, 0), (4, 1), (6, 0), (6, 1)]
     for p in points:
         assert p["sigma"] >= 0.0 and 0.0 <= p["accuracy"] <= 100.0 and p["batch_size"] == 32 and p["lr"] == 1e-3
     assert (workdir / "plots" / "accuracy_vs_first_epoch_sigma.png").stat().st_size > 0
-    assert set(json.load(open(workdir / "sweep.json"))["pearson_r"]) == {"all", "No reg"}
+    assert set(sweep["pearson_r"]) == {"all", "No reg"}
 
 
 def test_sweep_correlations_against_numpy_per_label_and_degenerate_groups():
@@ -150,8 +151,8 @@ def test_sunrgbd_on_reorganised_layout_from_data_dir(tmp_path):
     data_dir = tmp_path / "sun"
     write_sun(data_dir, n=(2, 1), size=(24, 32))
     workdir = str(tmp_path / "sun-real")
-    sunrgbd.main(["--methods", "equal", "--max-steps", "1", "--batch-size", "2", "--no-batchnorm", "--data-dir", str(data_dir),
-                  "--workdir", workdir, "--no-progress"])
+    sunrgbd.main(["--methods", "equal", "--max-steps", "1", "--batch-size", "2", "--no-batchnorm",
+                  "--data-dir", str(data_dir), "--workdir", workdir, "--no-progress"])
     results = _results(workdir)
     assert results["data"]["synthetic"] is False and results["protocol"]["classes"] == {"seg13": 13, "seg37": 37}
     for key in ("seg13_err", "seg37_err", "depth_rmse"):
