@@ -16,6 +16,12 @@ depend on the batch size. "batch" (MTAN, Nash-MTL, CAGrad) computes the statisti
 and averages over batches; batches without a valid pixel are skipped. Which epoch to report is the
 caller's choice: the MTAN family reports the mean over the last 10 epochs, LibMTL the best epoch.
 
+Valid pixels (one rule, shared with the dense-task losses of ``experiments.dense`` and the data
+readers): a depth pixel is valid where ``gt != 0``; a surface normal is valid unless it is all-zero
+(``valid_depth_mask``, ``valid_normal_mask``). MTAN's evaluation code keeps a normal where its
+channel sum is non-zero instead, which also drops valid normals whose components sum to 0, e.g.
+(1/sqrt2, -1/sqrt2, 0); pass ``normal_mask="mtan"`` to the normal functions to reproduce it.
+
 Sums are accumulated in the state's float dtype (float32 unless ``jax_enable_x64``) and counts in
 int32 (exact up to 2**31 - 1 pixels, e.g. 10**4 NYUv2 test sets at 288 x 384).
 """
@@ -35,6 +41,15 @@ NORMAL_THRESHOLDS: tuple[float, float, float] = (11.25, 22.5, 30.0)
 
 _WITHIN_KEYS = tuple(f"within_{t:g}" for t in NORMAL_THRESHOLDS)
 _AGGREGATIONS = ("pooled", "batch")
+
+NORMAL_MASKS: tuple[str, str] = ("all_zero", "mtan")
+"""Rules for a missing ground-truth normal (``normal_mask`` argument of the normal metrics).
+
+"all_zero" (default, the rule of the losses and the data readers): missing only when every component
+is 0. "mtan": missing where the channel sum is 0, as in MTAN's (and Nash-MTL's, CAGrad's) evaluation
+code; it also drops every valid normal whose components sum to 0, such as (1/sqrt2, -1/sqrt2, 0), so
+its valid set is a subset of "all_zero"'s and the two give different numbers whenever such normals
+occur. Kept only to compare with numbers computed by that code."""
 
 # Published single-task SegNet baseline on NYUv2 (MTAN preprocessing), used by Nash-MTL and CAGrad
 # for Delta_m. Names match the keys returned by the finalize functions of this module.
@@ -104,6 +119,36 @@ def _valid_mask(mask: Any, shape: tuple[int, ...], name: str = "mask") -> jax.Ar
         return jnp.broadcast_to(m, shape)
     except ValueError as e:
         raise ValueError(f"{name} of shape {m.shape} does not broadcast to {shape}") from e
+
+
+def _check_normal_mask(normal_mask: Any) -> None:
+    if not isinstance(normal_mask, str) or normal_mask not in NORMAL_MASKS:
+        raise ValueError(f"normal_mask must be one of {NORMAL_MASKS}, got {normal_mask!r}")
+
+
+def valid_depth_mask(gt: Any) -> jax.Array:
+    """Where a ground-truth depth is valid: ``gt != 0`` (0 marks a missing measurement); jittable.
+
+    Elementwise, so (..., 1) depth gives a (..., 1) mask. The losses of ``experiments.dense`` and
+    ``depth_statistics`` use this rule.
+    """
+    return jnp.asarray(gt) != 0
+
+
+def valid_normal_mask(gt: Any, normal_mask: str = "all_zero") -> jax.Array:
+    """Where a ground-truth normal (channels last) is valid, shape ``gt.shape[:-1]``; jittable.
+
+    "all_zero" (default): valid unless all components are 0. "mtan": valid where the channel sum is
+    non-zero (MTAN's evaluation mask; it also drops valid normals whose components sum to 0). See
+    ``NORMAL_MASKS``.
+    """
+    _check_normal_mask(normal_mask)
+    g = jnp.asarray(gt)
+    if g.ndim < 1:
+        raise ValueError(f"gt must have a channel axis last, got shape {g.shape}")
+    if normal_mask == "mtan":
+        return g.sum(axis=-1) != 0
+    return jnp.any(g != 0, axis=-1)
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -254,8 +299,8 @@ class DepthStatistics(NamedTuple):
 def depth_statistics(pred: Any, gt: Any, mask: Any = None) -> DepthStatistics:
     """Sums of |e|, |e|/gt and e^2 and the valid count for one batch; jittable.
 
-    A pixel is valid where ``gt != 0`` and, if given, ``mask`` is True (so rel error is always
-    defined). For one-channel depth, ``gt != 0`` is MTAN's "channel sum != 0".
+    A pixel is valid where ``gt != 0`` (``valid_depth_mask``) and, if given, ``mask`` is True (so
+    rel error is always defined). For one-channel depth, ``gt != 0`` is MTAN's "channel sum != 0".
 
     Args:
       pred: predicted depth, any shape, e.g. (B, H, W, 1).
@@ -267,7 +312,7 @@ def depth_statistics(pred: Any, gt: Any, mask: Any = None) -> DepthStatistics:
     """
     p, g = jnp.asarray(pred), jnp.asarray(gt)
     _check_same_shape("pred", p, "gt", g)
-    valid = (g != 0) & _valid_mask(mask, g.shape)
+    valid = valid_depth_mask(g) & _valid_mask(mask, g.shape)
     err = jnp.where(valid, p - g, 0)
     abs_err = jnp.abs(err)
     return DepthStatistics(
@@ -355,43 +400,49 @@ def _unit(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
 
 
-def _normal_inputs(pred: Any, gt: Any, mask: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _normal_inputs(pred: Any, gt: Any, mask: Any,
+                   normal_mask: str = "all_zero") -> tuple[jax.Array, jax.Array, jax.Array]:
+    _check_normal_mask(normal_mask)
     p, g = jnp.asarray(pred), jnp.asarray(gt)
     _check_same_shape("pred", p, "gt", g)
     if p.ndim < 1 or not jnp.issubdtype(p.dtype, jnp.floating):
         raise ValueError(f"pred must be a float array with a channel axis last, got {p.dtype}{p.shape}")
-    valid = (g.sum(axis=-1) != 0) & _valid_mask(mask, g.shape[:-1])
+    valid = valid_normal_mask(g, normal_mask) & _valid_mask(mask, g.shape[:-1])
     return p, g, valid
 
 
-@jax.jit
-def normal_angles(pred: Any, gt: Any, mask: Any = None) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames="normal_mask")
+def normal_angles(pred: Any, gt: Any, mask: Any = None,
+                  normal_mask: str = "all_zero") -> tuple[jax.Array, jax.Array]:
     """Per-pixel angular error in degrees and the validity mask; jittable.
 
     angle = degrees(arccos(clip(<pred / ||pred||, gt>, -1, 1))), gt used as given (unit on disk).
-    Valid where the channel sum of gt != 0 (MTAN's mask) and ``mask`` (if given) is True. A zero
+    Valid where gt is not all-zero (``valid_normal_mask``) and ``mask`` (if given) is True. A zero
     prediction has angle 90 degrees.
 
     Args:
       pred: predicted normals (..., 3), channels last; need not be unit length.
       gt: ground-truth normals, same shape; all-zero = invalid.
       mask: optional boolean mask broadcastable to ``gt.shape[:-1]``.
+      normal_mask: "all_zero" (default) or "mtan" (MTAN's "channel sum != 0", which also drops valid
+        normals whose components sum to 0; for comparison with MTAN-family code only). Static.
 
     Returns:
       (angles, valid), both of shape ``gt.shape[:-1]``.
     """
-    p, g, valid = _normal_inputs(pred, gt, mask)
+    p, g, valid = _normal_inputs(pred, gt, mask, normal_mask)
     cos = jnp.clip(jnp.sum(_unit(p) * g, axis=-1), -1.0, 1.0)
     return jnp.degrees(jnp.arccos(cos)), valid
 
 
-@jax.jit
-def one_minus_abs_cos(pred: Any, gt: Any, mask: Any = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="normal_mask")
+def one_minus_abs_cos(pred: Any, gt: Any, mask: Any = None, normal_mask: str = "all_zero") -> jax.Array:
     """The CosReg paper's normal metric: mean over valid pixels of 1 - |cos(pred, gt)|; jittable.
 
-    Both vectors are unit-normalised; validity as in ``normal_angles``. NaN if no pixel is valid.
+    Both vectors are unit-normalised; validity (and ``normal_mask``) as in ``normal_angles``. NaN if
+    no pixel is valid.
     """
-    p, g, valid = _normal_inputs(pred, gt, mask)
+    p, g, valid = _normal_inputs(pred, gt, mask, normal_mask)
     d = 1.0 - jnp.abs(jnp.clip(jnp.sum(_unit(p) * _unit(g), axis=-1), -1.0, 1.0))
     return jnp.where(valid, d, 0).sum() / valid.sum()
 
@@ -424,15 +475,16 @@ def init_normals(dtype: Any = jnp.float32) -> NormalState:
                        jnp.zeros(6, dtype), n)
 
 
-@jax.jit
-def update_normals(state: NormalState, pred: Any, gt: Any, mask: Any = None) -> NormalState:
-    """Add one batch (see ``normal_angles``); jittable.
+@functools.partial(jax.jit, static_argnames="normal_mask")
+def update_normals(state: NormalState, pred: Any, gt: Any, mask: Any = None,
+                   normal_mask: str = "all_zero") -> NormalState:
+    """Add one batch (see ``normal_angles`` for validity and ``normal_mask``); jittable.
 
     The per-batch median (for aggregation="batch") is exact within the batch. The pooled median
-    needs the host-side ``collect_angles``.
+    needs the host-side ``collect_angles``, fed by ``normal_angles`` with the same ``normal_mask``.
     """
-    angles, valid = normal_angles(pred, gt, mask)
-    p, g, _ = _normal_inputs(pred, gt, mask)
+    angles, valid = normal_angles(pred, gt, mask, normal_mask)
+    p, g, _ = _normal_inputs(pred, gt, mask, normal_mask)
     dt = state.angle_sum.dtype
     d = 1.0 - jnp.abs(jnp.clip(jnp.sum(_unit(p) * _unit(g), axis=-1), -1.0, 1.0))
     count = valid.sum(dtype=jnp.int32)
@@ -478,7 +530,8 @@ def collect_angles(collector: AngleCollector, angles: Any, valid: Any) -> AngleC
 
     Args:
       collector: the store.
-      angles, valid: the outputs of ``normal_angles`` for the batch.
+      angles, valid: the outputs of ``normal_angles`` for the batch (with the ``normal_mask`` given
+        to ``update_normals``, so that the counts agree).
     """
     a, v = np.asarray(angles), np.asarray(valid)
     if a.shape != v.shape:

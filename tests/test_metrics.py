@@ -9,6 +9,8 @@ import pytest
 
 from orthojax import metrics as M
 
+SQRT1_2 = math.sqrt(0.5)
+
 
 # ------------------------------------------------------------------------------- oracles
 
@@ -47,13 +49,16 @@ def oracle_depth(values):
             math.sqrt(sum((p - g) ** 2 for p, g in values) / n))
 
 
-def oracle_normal_values(pred, gt):
-    """List of (angle_deg, 1-|cos|) over valid pixels, per-pixel loop in float64."""
+def oracle_normal_values(pred, gt, normal_mask="all_zero"):
+    """List of (angle_deg, 1-|cos|) over valid pixels, per-pixel loop in float64.
+
+    Valid: gt not all-zero ("all_zero"), or gt's channel sum != 0 (MTAN's mask, "mtan").
+    """
     pred = np.asarray(pred, np.float64).reshape(-1, pred.shape[-1])
     gt = np.asarray(gt, np.float64).reshape(-1, gt.shape[-1])
     out = []
     for p, g in zip(pred, gt):
-        if sum(g) == 0:
+        if (sum(g) == 0) if normal_mask == "mtan" else all(x == 0 for x in g):
             continue
         pn = math.sqrt(sum(x * x for x in p))
         gn = math.sqrt(sum(x * x for x in g))
@@ -63,10 +68,13 @@ def oracle_normal_values(pred, gt):
     return out
 
 
-def random_normals(rng, shape, invalid_frac=0.2):
+def random_normals(rng, shape, invalid_frac=0.2, zero_sum_frac=0.15):
+    """Random unit gt normals, some all-zero (invalid), some valid with components summing to 0."""
     g = rng.normal(size=shape + (3,))
     g /= np.linalg.norm(g, axis=-1, keepdims=True)
-    g[rng.random(shape) < invalid_frac] = 0.0
+    u = rng.random(shape)
+    g[u < zero_sum_frac] = [SQRT1_2, -SQRT1_2, 0.0]
+    g[u > 1 - invalid_frac] = 0.0
     p = g * rng.uniform(0.5, 2.0, size=shape + (1,)) + 0.6 * rng.normal(size=shape + (3,))
     return p.astype(np.float32), g.astype(np.float32)
 
@@ -292,6 +300,109 @@ def test_normals_mask_and_bad_input():
         M.finalize_normals(state, M.init_angle_collector())
     with pytest.raises(ValueError, match="aggregation"):
         M.finalize_normals(state, aggregation="median")
+
+
+def _rotated(g, axis, degrees):
+    """Unit vector at ``degrees`` from unit ``g``, rotated towards the unit ``axis`` (axis _|_ g)."""
+    t = math.radians(degrees)
+    return [math.cos(t) * a + math.sin(t) * b for a, b in zip(g, axis)]
+
+
+# gt normals: valid, missing (all-zero), valid with components summing to 0, valid;
+# predictions at 10, (any), 40 and 20 degrees from them
+VALID_PIXELS_GT = [(0.0, 0.0, 1.0), (0.0, 0.0, 0.0), (SQRT1_2, -SQRT1_2, 0.0), (0.0, 1.0, 0.0)]
+VALID_PIXELS_PRED = [_rotated((0, 0, 1), (1, 0, 0), 10), [0.3, -0.2, 0.9],
+                     _rotated((SQRT1_2, -SQRT1_2, 0), (0, 0, 1), 40), _rotated((0, 1, 0), (0, 0, 1), 20)]
+
+
+def valid_pixels_example(shape=(1, 4)):
+    pred = np.asarray(VALID_PIXELS_PRED, np.float32).reshape(shape + (3,))
+    gt = np.asarray(VALID_PIXELS_GT, np.float32).reshape(shape + (3,))
+    return pred, gt
+
+
+def _pooled_normals(pred, gt, batches, **kw):
+    state, coll = M.init_normals(), M.init_angle_collector()
+    for lo, hi in batches:
+        state = M.update_normals(state, pred[lo:hi], gt[lo:hi], **kw)
+        coll = M.collect_angles(coll, *M.normal_angles(pred[lo:hi], gt[lo:hi], **kw))
+    return state, coll
+
+
+def test_normals_a_valid_normal_whose_components_sum_to_zero_counts():
+    """Only an all-zero gt normal is missing; (1/sqrt2, -1/sqrt2, 0) is a valid normal (hand example)."""
+    pred, gt = valid_pixels_example((2, 2))  # batches: pixels {10 deg, missing}, {40 deg, 20 deg}
+    _, valid = M.normal_angles(pred, gt)
+    np.testing.assert_array_equal(np.asarray(valid), [[True, False], [True, True]])
+    state, coll = _pooled_normals(pred, gt, ((0, 1), (1, 2)))
+    out = M.finalize_normals(state, coll)
+    assert int(state.count) == 3
+    assert out["angle_mean"] == pytest.approx(70 / 3, abs=1e-3)  # (10 + 40 + 20) / 3 (MTAN's mask: 15)
+    assert out["angle_median"] == pytest.approx(20.0, abs=1e-3)  # (MTAN's mask: 15)
+    assert out["within_11.25"] == pytest.approx(1 / 3, abs=1e-12)
+    assert out["within_22.5"] == pytest.approx(2 / 3, abs=1e-12)
+    assert out["within_30"] == pytest.approx(2 / 3, abs=1e-12)  # (MTAN's mask: 1)
+    cos = [math.cos(math.radians(a)) for a in (10, 40, 20)]
+    assert out["one_minus_abs_cos"] == pytest.approx(sum(1 - c for c in cos) / 3, abs=1e-6)
+    assert float(M.one_minus_abs_cos(pred, gt)) == pytest.approx(sum(1 - c for c in cos) / 3, abs=1e-6)
+    # per batch (MTAN-style aggregation): batch 1 holds {10}, batch 2 {40, 20}
+    b = M.finalize_normals(state, aggregation="batch")
+    assert b["angle_mean"] == pytest.approx((10 + 30) / 2, abs=1e-3)
+    assert b["angle_median"] == pytest.approx((10 + 30) / 2, abs=1e-3)
+    assert b["within_11.25"] == pytest.approx((1 + 0) / 2, abs=1e-6)
+    assert b["within_22.5"] == pytest.approx((1 + 1 / 2) / 2, abs=1e-6)
+    assert b["within_30"] == pytest.approx((1 + 1 / 2) / 2, abs=1e-6)
+    assert b["one_minus_abs_cos"] == pytest.approx(((1 - cos[0]) + (2 - cos[1] - cos[2]) / 2) / 2, abs=1e-6)
+
+
+def test_normals_mtan_mask_is_an_explicit_option():
+    """normal_mask="mtan" reproduces MTAN's "channel sum != 0", which drops the 40-degree pixel."""
+    pred, gt = valid_pixels_example((2, 2))
+    _, valid = M.normal_angles(pred, gt, normal_mask="mtan")
+    np.testing.assert_array_equal(np.asarray(valid), [[True, False], [False, True]])
+    state, coll = _pooled_normals(pred, gt, ((0, 1), (1, 2)), normal_mask="mtan")
+    out = M.finalize_normals(state, coll)
+    assert int(state.count) == 2
+    assert out["angle_mean"] == pytest.approx(15.0, abs=1e-3)
+    assert out["angle_median"] == pytest.approx(15.0, abs=1e-3)
+    assert out["within_30"] == pytest.approx(1.0, abs=1e-12)
+    b = M.finalize_normals(state, aggregation="batch")
+    assert b["angle_mean"] == pytest.approx(15.0, abs=1e-3) and b["within_11.25"] == pytest.approx(0.5)
+    cos = [math.cos(math.radians(a)) for a in (10, 20)]
+    assert float(M.one_minus_abs_cos(pred, gt, normal_mask="mtan")) == pytest.approx(
+        sum(1 - c for c in cos) / 2, abs=1e-6)
+    # the two masks on their own
+    np.testing.assert_array_equal(np.asarray(M.valid_normal_mask(gt)), [[True, False], [True, True]])
+    np.testing.assert_array_equal(np.asarray(M.valid_normal_mask(gt, "mtan")), [[True, False], [False, True]])
+    with pytest.raises(ValueError, match="normal_mask"):
+        M.normal_angles(pred, gt, normal_mask="sum")
+    with pytest.raises(ValueError, match="normal_mask"):
+        M.update_normals(M.init_normals(), pred, gt, normal_mask=None)
+
+
+def test_normals_random_oracle_under_both_masks():
+    rng = np.random.default_rng(11)
+    pred, gt = random_normals(rng, (3, 6, 5))
+    for normal_mask in M.NORMAL_MASKS:
+        oracle = oracle_normal_values(pred, gt, normal_mask)
+        state, coll = _pooled_normals(pred, gt, ((0, 1), (1, 3)), normal_mask=normal_mask)
+        out = M.finalize_normals(state, coll)
+        ang = np.array([a for a, _ in oracle])
+        assert int(state.count) == len(oracle)
+        assert out["angle_mean"] == pytest.approx(ang.mean(), abs=1e-3)
+        assert out["angle_median"] == pytest.approx(np.median(ang), abs=2e-3)
+    assert len(oracle_normal_values(pred, gt, "mtan")) < len(oracle_normal_values(pred, gt))
+
+
+def test_depth_valid_where_gt_is_nonzero():
+    """Depth: a pixel is valid where gt != 0, the one rule shared with the losses (hand example)."""
+    pred = np.array([[1.5, 9.0], [1.0, 4.0]], np.float32)
+    gt = np.array([[1.0, 0.0], [2.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(np.asarray(M.valid_depth_mask(gt)), [[True, False], [True, True]])
+    out = M.finalize_depth(M.update_depth(M.init_depth(), pred, gt))
+    assert out["abs_err"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert out["rel_err"] == pytest.approx((0.5 / 1 + 1.0 / 2 + 0.0) / 3)
+    assert out["rmse"] == pytest.approx(math.sqrt((0.25 + 1.0 + 0.0) / 3))
 
 
 # --------------------------------------------------------------------------- classification
