@@ -2,7 +2,9 @@
 
 Losses (CosReg paper, section 5): pixel-wise cross-entropy (void pixels, label -1, ignored); depth MSE
 over valid pixels (gt != 0); normals: the prediction is unit-normalised by the model, MSE over valid
-pixels (gt not all-zero). Evaluation accumulates sufficient statistics over the whole test split inside
+pixels (gt not all-zero). The losses and the metrics take their valid pixels from the same functions
+(:func:`orthojax.metrics.valid_depth_mask`, :func:`orthojax.metrics.valid_normal_mask`); MTAN's normal
+mask (channel sum != 0) is available to the evaluation only, as ``normal_mask="mtan"``. Evaluation accumulates sufficient statistics over the whole test split inside
 the jitted eval step (confusion matrices, depth sums, normal-angle sums and per-batch medians) so that the
 pooled metrics are exact; the pooled normal-angle median, which needs every angle, is computed on the host
 after training (:func:`exact_normal_median`).
@@ -18,6 +20,7 @@ import numpy as np
 import optax
 
 from orthojax.metrics import (
+    NORMAL_MASKS,
     collect_angles,
     exact_median,
     finalize_depth,
@@ -31,6 +34,8 @@ from orthojax.metrics import (
     update_depth,
     update_normals,
     update_segmentation,
+    valid_depth_mask,
+    valid_normal_mask,
 )
 from experiments.runner import Row
 from orthojax.training import EvalMetrics
@@ -44,8 +49,8 @@ DENSE_ROWS = {
     "cosreg": Row("cosreg", "CosReg", "cosreg"),
 }
 
-__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "exact_normal_median",
-           "tasks_from_info"]
+__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "dwa_protocol",
+           "exact_normal_median", "tasks_from_info"]
 
 
 class TaskSpec(NamedTuple):
@@ -69,14 +74,14 @@ def seg_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def depth_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """MSE over valid pixels (gt != 0)."""
-    return _masked_mean((pred - gt) ** 2, gt != 0)
+    """MSE over valid pixels (gt != 0, :func:`orthojax.metrics.valid_depth_mask`)."""
+    return _masked_mean((pred - gt) ** 2, valid_depth_mask(gt))
 
 
 def normal_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """MSE between unit normals over valid pixels (gt not all-zero), summed over the 3 channels."""
-    valid = jnp.any(gt != 0, axis=-1)
-    return _masked_mean(jnp.sum((pred - gt) ** 2, axis=-1), valid)
+    """MSE between unit normals over valid pixels (gt not all-zero, :func:`orthojax.metrics.valid_normal_mask`),
+    summed over the 3 channels."""
+    return _masked_mean(jnp.sum((pred - gt) ** 2, axis=-1), valid_normal_mask(gt))
 
 
 _LOSSES = {"seg": seg_loss, "depth": depth_loss, "normal": normal_loss}
@@ -94,9 +99,19 @@ def dense_task_losses(tasks: Sequence[TaskSpec]) -> Callable[[tuple, Mapping[str
     return task_losses
 
 
-def dense_eval_metrics(tasks: Sequence[TaskSpec]) -> EvalMetrics:
+def _check_normal_mask(normal_mask: str) -> None:
+    if not isinstance(normal_mask, str) or normal_mask not in NORMAL_MASKS:
+        raise ValueError(f"normal_mask must be one of {NORMAL_MASKS}, got {normal_mask!r}")
+
+
+def dense_eval_metrics(tasks: Sequence[TaskSpec], normal_mask: str = "all_zero") -> EvalMetrics:
     """Exact accumulators for every task; finalize gives "<key>/<metric>" (pooled) and
-    "<key>/batch/<metric>" (MTAN-style per-batch averages) entries."""
+    "<key>/batch/<metric>" (MTAN-style per-batch averages) entries.
+
+    ``normal_mask``: which gt normals count as missing, "all_zero" (default, the losses' rule) or "mtan"
+    (MTAN's channel sum == 0, which also drops valid normals whose components sum to 0); see
+    :data:`orthojax.metrics.NORMAL_MASKS`."""
+    _check_normal_mask(normal_mask)
 
     def init():
         out = []
@@ -117,7 +132,7 @@ def dense_eval_metrics(tasks: Sequence[TaskSpec]) -> EvalMetrics:
             elif t.kind == "depth":
                 new.append(update_depth(state, out[..., 0], batch[t.key][..., 0]))
             else:
-                new.append(update_normals(state, out, batch[t.key]))
+                new.append(update_normals(state, out, batch[t.key], normal_mask=normal_mask))
         return tuple(new)
 
     def finalize(acc):
@@ -137,7 +152,7 @@ def dense_eval_metrics(tasks: Sequence[TaskSpec]) -> EvalMetrics:
 
 
 def exact_normal_median(apply_fn: Callable, variables: Any, batches: Callable, normal_index: int,
-                        key: str = "normal") -> float:
+                        key: str = "normal", normal_mask: str = "all_zero") -> float:
     """The pooled median normal angle (degrees) over every valid test pixel, exactly (host side).
 
     Args:
@@ -146,13 +161,32 @@ def exact_normal_median(apply_fn: Callable, variables: Any, batches: Callable, n
       batches: ``fn() -> iterator`` of evaluation batches.
       normal_index: the position of the normals head in the outputs.
       key: the batch key of the ground-truth normals.
+      normal_mask: "all_zero" (default) or "mtan"; as in :func:`dense_eval_metrics`.
     """
+    _check_normal_mask(normal_mask)
     collector = init_angle_collector()
     for batch in batches():
         outputs = apply_fn(variables, batch["image"])
-        angles, valid = normal_angles(outputs[normal_index], batch[key])
+        angles, valid = normal_angles(outputs[normal_index], batch[key], normal_mask=normal_mask)
         collector = collect_angles(collector, np.asarray(angles), np.asarray(valid))
     return float(exact_median(collector))
+
+
+def dwa_protocol(rows: Sequence[Row], settings: Any, num_train: int) -> dict:
+    """The protocol line of DWA ({} when no row trains with it, directly or as Recon's base method).
+
+    The runner gives DWA one epoch (full training batches) as its averaging period unless a row sets one.
+    """
+    from orthojax.data import steps_per_epoch
+
+    periods = {r.method_kwargs.get("period") for r in rows
+               if r.method == "dwa" or (r.method == "recon" and settings.recon_base == "dwa")}
+    if not periods:
+        return {}
+    epoch = steps_per_epoch(num_train, settings.batch_size)
+    text = ", ".join(f"{p} steps" if p is not None else f"one epoch ({epoch} steps)" for p in sorted(
+        periods, key=lambda p: -1 if p is None else p))
+    return {"DWA": f"weights from the task losses averaged over {text}"}
 
 
 def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
@@ -173,7 +207,7 @@ def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
 def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any], *,
                     width: float, model_options: Mapping[str, Any], table_metrics: Callable[[Mapping], dict],
                     task_columns: Mapping[str, str], augment: Optional[Callable] = None,
-                    vgg16_weights: Optional[str] = None):
+                    vgg16_weights: Optional[str] = None, normal_mask: str = "all_zero"):
     """A SegNet benchmark for the dense tasks in ``info`` (see :class:`experiments.runner.Benchmark`).
 
     Args:
@@ -187,7 +221,10 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
         plus the task's own "<key>/..." field metrics).
       augment: training-batch transform.
       vgg16_weights: ImageNet VGG16 weights loaded into the encoder at initialisation.
+      normal_mask: which gt normals the evaluation counts as missing: "all_zero" (default, as the loss)
+        or "mtan" (MTAN's channel-sum rule, for comparison with MTAN-family numbers).
     """
+    _check_normal_mask(normal_mask)
     from experiments.runner import Benchmark
     from orthojax.models import SegNet, load_vgg16_weights
 
@@ -208,14 +245,16 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
         if "normal" not in keys:
             return {}
         apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-        return {"normal/angle_median": exact_normal_median(apply, variables, batches, keys.index("normal"))}
+        return {"normal/angle_median": exact_normal_median(apply, variables, batches, keys.index("normal"),
+                                                           normal_mask=normal_mask)}
 
     init_variables = None if vgg16_weights is None else (
         lambda variables: load_vgg16_weights(variables, vgg16_weights))
 
     return Benchmark(
         name=name, task_names=tuple(keys), train=splits["train"], eval=splits["test"], build_model=build,
-        task_losses=dense_task_losses(tasks), eval_metrics=dense_eval_metrics(tasks), table_metrics=table_metrics,
+        task_losses=dense_task_losses(tasks), eval_metrics=dense_eval_metrics(tasks, normal_mask),
+        table_metrics=table_metrics,
         single_task_metrics=single_task_metrics, latent_size=lambda model: max(1, round(512 * width)),
         augment=augment, final_eval=final_eval, init_variables=init_variables,
     )

@@ -14,12 +14,12 @@ import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 from experiments.cli import add_segnet_flags, build_parser, method_kwargs_from_args, settings_overrides
-from experiments.dense import DENSE_ROWS, dense_benchmark
+from experiments.dense import DENSE_ROWS, dense_benchmark, dwa_protocol
 from experiments.paper_numbers import TABLE2_NYUV2
 from experiments.pipeline import default_workdir, run_benchmark, setup_runtime
 from experiments.runner import RunSettings, row_for
 from orthojax.data import dense_augment, load_nyuv2
-from orthojax.metrics import NYUV2_HIGHER_IS_BETTER, delta_m
+from orthojax.metrics import NORMAL_MASKS, NYUV2_HIGHER_IS_BETTER, delta_m
 
 ROWS = DENSE_ROWS
 TABLE2_ROWS = tuple(ROWS)
@@ -105,6 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="paper: 14 classes (void = background), 80x80 targets; mtan: 13 classes, void ignored")
     parser.add_argument("--augment", action="store_true",
                         help="random scale-crop (1, 1.2, 1.5; depth / s) and horizontal flips (normal x negated)")
+    parser.add_argument("--normal-mask", choices=NORMAL_MASKS, default="all_zero",
+                        help="missing gt normals in the evaluation: all_zero (the losses' rule) or mtan (MTAN's "
+                             "channel sum == 0, which also drops valid normals whose components sum to 0; only to "
+                             "compare with MTAN-family code)")
     add_segnet_flags(parser)
     args = parser.parse_args(argv)
     setup_runtime(args.distributed, args.compilation_cache)
@@ -118,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bench = dense_benchmark(
         "nyuv2", splits, info, width=width, model_options={"use_batchnorm": not args.no_batchnorm},
         table_metrics=table_metrics, task_columns={"seg": "seg_err", "depth": "depth_rmse", "normal": "normal_err"},
-        augment=dense_augment() if args.augment else None, vgg16_weights=args.vgg16_weights)
+        augment=dense_augment() if args.augment else None, vgg16_weights=args.vgg16_weights,
+        normal_mask=args.normal_mask)
     cli_kwargs = method_kwargs_from_args(args, default_alpha=10.0, scale_alpha_default=True)
     rows = [row_for(key, ROWS, cli_kwargs, settings.recon_base) for key in args.methods]
     workdir = args.workdir or default_workdir("nyuv2", args.preset)
@@ -127,7 +132,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "SegNet width": width, "VGG16 weights": args.vgg16_weights or "none (random init)",
                 "CosReg": f"alpha {cli_kwargs['cosreg']['alpha']:g}, x mean task loss: "
                           f"{cli_kwargs['cosreg']['scale_alpha_by_loss']}",
-                "augmentation": "scale-crop + flip" if args.augment else "none", "seeds": list(settings.seeds), "evaluated on": "test split (MTAN's 'val'), final epoch"}
+                "augmentation": "scale-crop + flip" if args.augment else "none",
+                **dwa_protocol(rows, settings, len(splits["train"]["image"])),
+                "valid pixels": ("depth gt != 0; normals not all-zero" if args.normal_mask == "all_zero" else
+                                 "depth gt != 0; normals: loss not all-zero, metrics channel sum != 0 (MTAN)"),
+                "seeds": list(settings.seeds), "evaluated on": "test split (MTAN's 'val'), final epoch"}
 
     def extra(results, summary):
         text, payload = field_section(summary)

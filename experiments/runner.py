@@ -160,8 +160,10 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
     if method_name in ("rotate_only", "rotograd", "rotograd_norm"):
         kwargs.setdefault("latent_size", bench.latent_size(model))
         kwargs.setdefault("learning_rate", settings.learning_rate / 2)
-    method = get_method(method_name, **kwargs)
     n_steps = _steps_per_epoch(bench, settings)
+    if method_name == "dwa":  # DWA averages the task losses over epochs (MTAN), not single steps
+        kwargs.setdefault("period", n_steps)
+    method = get_method(method_name, **kwargs)
     sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
     config = TrainConfig(
         num_epochs=epochs or settings.epochs, seed=int(seeds[0]), num_seeds=len(seeds),

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 from experiments.cli import add_segnet_flags, build_parser, method_kwargs_from_args, settings_overrides
-from experiments.dense import DENSE_ROWS, dense_benchmark
+from experiments.dense import DENSE_ROWS, dense_benchmark, dwa_protocol
 from experiments.paper_numbers import TABLE3_SUNRGBD
 from experiments.pipeline import default_workdir, run_benchmark, setup_runtime
 from experiments.runner import RunSettings, row_for
@@ -76,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "optimiser": f"Adam lr {settings.learning_rate:g} ({schedule})", "SegNet width": width,
                 "VGG16 weights": args.vgg16_weights or "none (random init)",
                 "augmentation": "none" if args.no_flip else "horizontal flips",
+                **dwa_protocol(rows, settings, len(splits["train"]["image"])),
                 "CosReg": f"alpha {cli_kwargs['cosreg']['alpha']:g}", "seeds": list(settings.seeds),
                 "classes": info["num_classes"], "evaluated on": "test split, final epoch"}
     notes = list(info.get("notes", []))
