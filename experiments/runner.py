@@ -221,7 +221,13 @@ def _cosine_history(history, num_seeds: int) -> list:
         return [[] for _ in range(num_seeds)]
     if num_seeds == 1:
         cos = cos[:, None]
-    return [pairwise_cosines(cos[:, s])[0].tolist() for s in range(num_seeds)]
+    per_seed = []
+    for s in range(num_seeds):
+        matrices = cos[:, s]
+        # steps without a cosine (skipped by the non-finite guard, or not computed) hold NaN: left out
+        matrices = matrices[np.all(np.isfinite(matrices), axis=(1, 2))]
+        per_seed.append(pairwise_cosines(matrices)[0].tolist() if len(matrices) else [])
+    return per_seed
 
 
 def _per_seed_steps(history, name: str, num_seeds: int) -> list:

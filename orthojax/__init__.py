@@ -10,6 +10,7 @@ from orthojax.cosreg import (
     cosine_matrix,
     cosreg_penalty,
     loss_with_cosreg,
+    loss_with_cosreg_split,
     penalty_from_cosine,
 )
 from orthojax.jacobian import task_gradients, task_jacobian
@@ -23,6 +24,7 @@ __all__ = [
     "cosreg_penalty",
     "leaf_paths",
     "loss_with_cosreg",
+    "loss_with_cosreg_split",
     "make_selection",
     "penalty_from_cosine",
     "select_subtree",

@@ -45,15 +45,34 @@ def close(a, b, what):
             raise AssertionError(f"{what}: max abs diff {np.max(np.abs(x - y)):.3e}; got {x.ravel()[:4]} want {y.ravel()[:4]}")
 
 
+VARIANTS = ("fast", "reference", "split")
+
+
 def main():
+    results = {}
+    for variant in VARIANTS:
+        for name, outcome in run_checks(variant).items():
+            results[f"{variant}:{name}"] = outcome
+    print(json.dumps(results))
+
+
+def run_checks(variant):
+    """Every check with the objective built by ``variant`` against the single-device reference formulation."""
     assert jax.device_count() == N, jax.devices()
     params, fn, (x, ys) = make_mlp(0, n_tasks=3, batch=8)  # x (8, 3); ys (T=3, 8, 2): batch axis 1
 
-    def total_fn(p, x, ys, **kw):
-        return orthojax.loss_with_cosreg(fn, p, x, ys, wrt=WRT, alpha=ALPHA, **kw)
+    def objective(variant, p, x, ys, **kw):
+        if variant == "split":
+            encode, decode = fn.split
+            return orthojax.loss_with_cosreg_split(encode, decode, p, x, ys, wrt=WRT, alpha=ALPHA, **kw)
+        return orthojax.loss_with_cosreg(fn, p, x, ys, wrt=WRT, alpha=ALPHA, implementation=variant, **kw)
 
-    # single device, global batch
-    (t_ref, aux_ref), g_ref = jax.jit(jax.value_and_grad(total_fn, has_aux=True))(params, x, ys)
+    def total_fn(p, x, ys, **kw):
+        return objective(variant, p, x, ys, **kw)
+
+    # single device, global batch, the straightforward formulation
+    (t_ref, aux_ref), g_ref = jax.jit(jax.value_and_grad(
+        lambda p, x, ys: objective("reference", p, x, ys), has_aux=True))(params, x, ys)
 
     # per-shard local task losses (device k holds examples 2k, 2k+1)
     local_losses = np.stack([np.asarray(fn(params, x[2 * k : 2 * k + 2], ys[:, 2 * k : 2 * k + 2])) for k in range(N)])
@@ -186,7 +205,7 @@ def main():
             close(losses[k], losses_ref, f"losses device {k}")
             close(jax.tree.map(lambda a: a[k], grads), tg_ref, f"per-task gradients device {k}")
 
-    print(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -132,16 +132,23 @@ def make_mlp(seed, n_tasks=3, d_in=3, d_hidden=4, d_out=2, batch=6, dtype=np.flo
     }
     params, x, ys = _to_jax((params, normal((batch, d_in)), normal((n_tasks, batch, d_out))))
 
-    def task_losses_fn(p, x, ys):
+    def encode(p, x, ys):
         h = jnp.tanh(x @ p["encoder"]["dense1"]["kernel"] + p["encoder"]["dense1"]["bias"])
         h = jnp.tanh(h @ p["encoder"]["dense2"]["kernel"] + p["encoder"]["dense2"]["bias"])
+        return (h,) * n_tasks, None
+
+    def decode(p, zs, extras, x, ys):
         losses = []
         for t in range(n_tasks):
             hp = p["heads"][f"task{t}"]
-            pred = h @ hp["kernel"] + hp["bias"]
+            pred = zs[t] @ hp["kernel"] + hp["bias"]
             losses.append(jnp.mean((pred - ys[t]) ** 2))
         return jnp.stack(losses)
 
+    def task_losses_fn(p, x, ys):
+        return decode(p, *encode(p, x, ys), x, ys)
+
+    task_losses_fn.split = (encode, decode)  # the same model as encoder + per-task decoders
     return params, task_losses_fn, (x, ys)
 
 
@@ -173,17 +180,24 @@ def make_convnet(seed, n_tasks=2, dtype=np.float64):
     def conv(h, k):
         return lax.conv_general_dilated(h, k, (1, 1), "VALID", dimension_numbers=dn)
 
-    def task_losses_fn(p, x, ys):
+    def encode(p, x, ys):
         h = jnp.tanh(conv(x, p["encoder"]["conv1"]["kernel"]))  # (2,4,4,2)
         h = jnp.tanh(conv(h, p["encoder"]["conv2"]["kernel"]))  # (2,2,2,2)
+        return (h,) * n_tasks, None
+
+    def decode(p, zs, extras, x, ys):
         losses = []
         for t in range(n_tasks):
             hp = p["heads"][f"task{t}"]
-            z = jnp.tanh(conv(h, hp["conv"]["kernel"]))  # (2,1,1,1)
+            z = jnp.tanh(conv(zs[t], hp["conv"]["kernel"]))  # (2,1,1,1)
             pred = z.reshape(z.shape[0], -1) @ hp["dense"]["kernel"]
             losses.append(jnp.mean((pred - ys[t]) ** 2))
         return jnp.stack(losses)
 
+    def task_losses_fn(p, x, ys):
+        return decode(p, *encode(p, x, ys), x, ys)
+
+    task_losses_fn.split = (encode, decode)  # the same model as encoder + per-task decoders
     return params, task_losses_fn, (x, ys)
 
 

@@ -22,6 +22,7 @@ import sys
 import pytest
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_multidevice_worker.py")
+VARIANTS = ("fast", "reference", "split")  # loss_with_cosreg's two implementations, loss_with_cosreg_split
 CHECKS = [
     "jit_sharded_explicit_mesh",
     "jit_sharded_auto_mesh",
@@ -44,7 +45,9 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", CHECKS)
-def test_multidevice_equals_single_device(results, name):
-    assert name in results, sorted(results)
-    assert results[name]["ok"], results[name]["detail"]
+def test_multidevice_equals_single_device(results, variant, name):
+    key = f"{variant}:{name}"
+    assert key in results, sorted(results)
+    assert results[key]["ok"], results[key]["detail"]

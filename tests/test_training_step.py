@@ -151,3 +151,43 @@ def test_eval_step_is_exact_over_uneven_batches():
     expected = [int(np.sum(np.argmax(np.asarray(o), -1) == test["labels"][:, t])) / 23 for t, o in enumerate(outputs)]
     assert result["count"] == 23
     np.testing.assert_allclose(result["accuracy"], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_cosreg_implementations_give_the_same_step(use_bn):
+    """auto (split over encode/decode), fast and reference: the same gradient, metrics and BN statistics."""
+    model = TinyMTL(use_bn=use_bn)
+    optimizer = optax.sgd(LR)
+    data = {k: jnp.asarray(v) for k, v in make_data(8).items()}
+    outs = {}
+    for implementation in ("auto", "fast", "reference"):
+        method = get_method("cosreg", alpha=1.0, implementation=implementation)
+        state = training.init_train_state(jax.random.key(0), model, method, optimizer, data["image"][:2])
+        step = jax.jit(training.make_train_step(model, task_losses, method, optimizer, last_shared=LAST_SHARED))
+        outs[implementation] = step(state, data)
+    ref_state, ref_metrics = outs.pop("reference")
+    for name, (state, metrics) in outs.items():
+        for got, want in zip(jax.tree.leaves((state.params, state.batch_stats)),
+                             jax.tree.leaves((ref_state.params, ref_state.batch_stats))):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6, err_msg=name)
+        for key in ("loss", "cosine", "penalty", "grad_norm"):
+            np.testing.assert_allclose(np.asarray(metrics[key]), np.asarray(ref_metrics[key]), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{name} {key}")
+
+
+def test_cosine_every_skips_the_diagnostic_jacobian_between_multiples():
+    model, state, every_step, data = _setup("equal")
+    step = jax.jit(training.make_train_step(model, task_losses, get_method("equal"), optax.sgd(LR),
+                                            last_shared=LAST_SHARED, cosine_every=2))
+    want_state, want = every_step(state, data)
+    got_state, got = step(state, data)  # step 0: computed
+    np.testing.assert_allclose(np.asarray(got["cosine"]), np.asarray(want["cosine"]), rtol=1e-6)
+    _, skipped = step(got_state, data)  # step 1: skipped
+    assert np.all(np.isnan(np.asarray(skipped["cosine"])))
+    for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="cosine_every must be an int >= 1"):
+        training.make_train_step(model, task_losses, get_method("equal"), optax.sgd(LR),
+                                 last_shared=LAST_SHARED, cosine_every=0)
+    with pytest.raises(ValueError, match="cosine_every"):
+        training.TrainConfig(cosine_every=0)

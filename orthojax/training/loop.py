@@ -59,7 +59,10 @@ class TrainConfig:
         ``resume=False`` is an error).
       max_nonfinite: stop after this many consecutive non-finite steps (0: never).
       eval_every: evaluate every this many epochs (0: never); the last epoch is always evaluated.
-      cosine: record the last shared layer's (T, T) cosine matrix at every step for every method.
+      cosine: record the last shared layer's (T, T) cosine matrix for every method.
+      cosine_every: methods that do not compute those cosines themselves pay one extra Jacobian for
+        them; compute it only every this many steps (NaN on the others; see
+        :func:`orthojax.training.make_train_step`). 1: every step, the paper's protocol.
       progress: show a tqdm progress bar and the epoch summaries.
       tensorboard: write TensorBoard event files.
       max_steps: stop after this many steps in total (None: ``num_epochs`` full epochs).
@@ -76,12 +79,13 @@ class TrainConfig:
     max_nonfinite: int = 20
     eval_every: int = 1
     cosine: bool = True
+    cosine_every: int = 1
     progress: bool = True
     tensorboard: bool = True
     max_steps: Optional[int] = None
 
     def __post_init__(self):
-        for name in ("num_epochs", "num_seeds", "log_every", "keep_checkpoints"):
+        for name in ("num_epochs", "num_seeds", "log_every", "keep_checkpoints", "cosine_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
         for name in ("checkpoint_every", "max_nonfinite", "eval_every"):
@@ -249,6 +253,7 @@ def train_and_evaluate(
             make_train_step(
                 model, task_losses, method, optimizer,
                 last_shared=last_shared, shared=shared, input_key=input_key, cosine=config.cosine,
+                cosine_every=config.cosine_every,
             ),
             num_seeds,
         ),

@@ -77,6 +77,16 @@ def make_problem(
     )
 
 
+def _diagnostic_cosine(problem, state, batch, rng, losses, every: int) -> jax.Array:
+    """The last shared layer's cosine matrix, every ``every`` steps (NaN on the others)."""
+    compute = lambda: last_shared_cosine(problem, state.params, batch, rng).astype(losses.dtype)
+    if every == 1:
+        return compute()
+    num_tasks = losses.shape[0]
+    skip = lambda: jnp.full((num_tasks, num_tasks), jnp.nan, losses.dtype)
+    return jax.lax.cond(state.step % every == 0, compute, skip)
+
+
 def make_train_step(
     model: nn.Module,
     task_losses: TaskLossFn,
@@ -87,6 +97,7 @@ def make_train_step(
     shared: Selector = "encoder",
     input_key: str = "image",
     cosine: bool = True,
+    cosine_every: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds ``train_step(state, batch) -> (state, metrics)`` (pure; compile it with ``jax.jit``).
 
@@ -101,12 +112,20 @@ def make_train_step(
       last_shared, shared, input_key: see :func:`make_problem`.
       cosine: report the (T, T) cosine matrix of the last shared layer's task gradients for every method
         (from the method's own metrics when it provides "cosine", else one extra Jacobian).
+      cosine_every: compute that extra Jacobian only at steps whose ``state.step`` is a multiple of this
+        (inside ``lax.cond``: the other steps skip the work and report a (T, T) matrix of NaN). 1 (the
+        default) is every step, the paper's protocol for the sigma diagnostics.
+
+    Raises:
+      ValueError: ``cosine_every`` < 1.
 
     Returns:
       ``train_step``. Its metrics: "loss" (the method's objective), "task_losses" (T,), "grad_norm"
       (global norm of the gradient given to the optimiser), "update_norm", "finite" (bool), "cosine"
       (T, T) when ``cosine``, and the method's metrics (e.g. "penalty", "task_weights").
     """
+    if isinstance(cosine_every, bool) or not isinstance(cosine_every, int) or cosine_every < 1:
+        raise ValueError(f"cosine_every must be an int >= 1; got {cosine_every!r}")
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = step_key(state)
@@ -142,7 +161,7 @@ def make_train_step(
             finite=ok,
         )
         if cosine and "cosine" not in metrics:
-            metrics["cosine"] = last_shared_cosine(problem, state.params, batch, rng)
+            metrics["cosine"] = _diagnostic_cosine(problem, state, batch, rng, out.task_losses, cosine_every)
         return next_state, metrics
 
     return train_step

@@ -1,0 +1,200 @@
+"""The exact gradient of the CosReg objective by reverse-over-forward differentiation.
+
+With g_t = dL_t/dW the task gradients of the selected layer W, P(g_1..g_T) the penalty and
+v_t = dP/dg_t (a constant once g is known), the chain rule gives
+
+    d/dtheta P(g(theta)) = d/dtheta sum_t <v_t, g_t(theta)>,      v_t held constant,
+
+and <v_t, dL_t/dW> is the directional derivative of L_t along W in the direction v_t: a JVP. So the
+second-order term is the reverse-mode gradient of T forward-mode tangents, one per task, instead of the
+reverse-mode gradient of T reverse-mode gradients (PyTorch's ``create_graph=True`` double backward and the
+straightforward ``jax.grad`` of ``jax.vjp``). Forward-mode tangents use the forward convolutions, and their
+reverse is an ordinary first-order backward pass; XLA compiles it into far less work than reverse over
+reverse. The objective built here,
+
+    S(theta) = sum_t w_t L_t + alpha * [P + D(theta) - stop_gradient(D(theta))],
+    D(theta) = sum_t <v_t, g_t(theta)>   (as JVPs, v_t and P under stop_gradient),
+
+has the value of the CosReg objective and its exact first derivative (``jax.grad``, ``jax.value_and_grad``,
+``jax.jvp`` of S); derivatives of order two and higher of S are not those of the objective (use the
+straightforward formulation, :func:`orthojax.loss_with_cosreg` with ``implementation="reference"``, for
+a Hessian of the regularised loss).
+
+Two structures:
+
+* :func:`generic_objective`: any ``fn(params, *args) -> (T,)``. One forward pass (``jax.linearize``), the
+  T task gradients by transposing the linear map (vmapped), and the T tangents as one vmapped JVP of the
+  linear map whose diagonal is kept. Every tangent runs through every decoder: the tangent work grows as T
+  times all decoders.
+* :func:`split_objective`: a model split into ``encode -> zs (one representation per task)`` and
+  ``decode``, where L_t depends on W only through ``zs[t]``. Then dL_t/dzs_t for every t comes from ONE
+  backward pass of the decoders (``sum_t L_t`` has them as its gradient), g_t is one weight gradient of W
+  per task, and all T tangents go through the decoders in ONE JVP in which decoder t carries only its own
+  task's tangent: the work is linear in T.
+
+Scale safety: the penalty's direction v_t is rescaled by s_t = max|v_t| (a constant) before it is used as a
+tangent and the JVP multiplied by s_t afterwards, so tasks whose gradients are tiny (large v_t) or huge do
+not overflow the tangent pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from orthojax.jacobian import _check_losses, _make_varying, _split_aux, _varying_axes
+from orthojax.select import Selection
+
+PyTree = Any
+
+__all__ = ["PenaltyTerms", "generic_objective", "split_objective"]
+
+
+class PenaltyTerms(NamedTuple):
+    """The pieces of the CosReg objective built by this module.
+
+    Attributes:
+      losses: (T,) task losses L_t (differentiable).
+      cosine: (T, T) cosine matrix of the task gradients (constant: under ``stop_gradient``).
+      penalty: scalar penalty P (constant).
+      penalty_surrogate: a scalar with value 0 whose gradient is that of P (add it to P).
+      aux: the user's aux, or None.
+    """
+
+    losses: jax.Array
+    cosine: jax.Array
+    penalty: jax.Array
+    penalty_surrogate: jax.Array
+    aux: Any
+
+
+def _axes(axis_name: Any) -> tuple:
+    if axis_name is None:
+        return ()
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _penalty_direction(jacobian: list, penalty_fn: Callable, axis_name: Any):
+    """Constant (cosine, P, direction v / s, scale s) from the (T, ...) task-gradient leaves."""
+    jacobian = jax.lax.stop_gradient(jacobian)
+    if axis_name is not None:
+        jacobian = jax.lax.pmean(jacobian, axis_name)
+    (penalty, cosine), direction = jax.value_and_grad(penalty_fn, has_aux=True)(jacobian)
+    num_tasks = cosine.shape[0]
+    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(d).reshape(num_tasks, -1), axis=1) for d in direction]), axis=0)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    unit = [d / safe.reshape((num_tasks,) + (1,) * (d.ndim - 1)).astype(d.dtype) for d in direction]
+    return cosine, penalty, unit, jax.lax.stop_gradient(scale)
+
+
+def _as_varying(leaves: list, axes: tuple) -> list:
+    return [_make_varying(leaf, axes) for leaf in leaves] if axes else leaves
+
+
+def _surrogate(tangent_terms: jax.Array, scale: jax.Array) -> jax.Array:
+    directional = jnp.sum(scale.astype(tangent_terms.dtype) * tangent_terms)
+    return directional - jax.lax.stop_gradient(directional)
+
+
+def generic_objective(
+    task_losses_fn: Callable[..., Any],
+    selection: Selection,
+    args: Sequence[Any],
+    *,
+    penalty_fn: Callable[[list], tuple[jax.Array, jax.Array]],
+    has_aux: bool,
+    axis_name: Any,
+) -> PenaltyTerms:
+    """The penalty's pieces for any task-loss function ``fn(params, *args) -> (T,)``.
+
+    Args:
+      task_losses_fn: ``fn(params, *args) -> losses`` (or ``(losses, aux)`` with ``has_aux``).
+      selection: the parameters with the selected layer W (:func:`orthojax.select.make_selection`).
+      args: the further arguments of ``task_losses_fn``.
+      penalty_fn: ``jacobian_leaves -> (P, cosine)``; differentiated w.r.t. the leaves.
+      has_aux: whether ``task_losses_fn`` returns ``(losses, aux)``.
+      axis_name: mapped data axis (``pmap`` / ``shard_map``); task gradients are averaged over it.
+    """
+    axes = _axes(axis_name)
+
+    def losses_of_selected(selected: list):
+        losses, aux = _split_aux(task_losses_fn(selection.merge(selected), *args), has_aux)
+        _check_losses(losses)
+        return losses, aux
+
+    selected = _as_varying(list(selection.selected), axes)
+    losses, linear, aux = jax.linearize(losses_of_selected, selected, has_aux=True)
+    num_tasks = losses.shape[0]
+    transpose = jax.linear_transpose(linear, selected)
+    basis_axes = _varying_axes(losses)
+    basis = jnp.eye(num_tasks, dtype=losses.dtype)
+    (jacobian,) = jax.vmap(lambda row: transpose(_make_varying(row, basis_axes)))(basis)
+    cosine, penalty, unit, scale = _penalty_direction(jacobian, penalty_fn, axis_name)
+    tangents = jax.vmap(lambda *leaves: linear(_as_varying(list(leaves), axes)))(*unit)  # [s, t] = dL_t . v_s
+    return PenaltyTerms(losses, cosine, penalty, _surrogate(jnp.diagonal(tangents), scale), aux)
+
+
+def split_objective(
+    encode_fn: Callable[..., Any],
+    decode_fn: Callable[..., Any],
+    params: PyTree,
+    selection: Selection,
+    args: Sequence[Any],
+    *,
+    penalty_fn: Callable[[list], tuple[jax.Array, jax.Array]],
+    has_aux: bool,
+    axis_name: Any,
+) -> PenaltyTerms:
+    """The penalty's pieces for a model split into an encoder and per-task decoders.
+
+    Args:
+      encode_fn: ``encode_fn(params, *args) -> (zs, extras)``: ``zs`` a sequence of T arrays (task t's
+        representation; the same array T times for a fully shared encoder), ``extras`` anything the
+        decoders need besides (pooling indices, statistics: held constant by the penalty's second-order
+        term; first-order gradients flow through them as usual).
+      decode_fn: ``decode_fn(params, zs, extras, *args) -> losses`` (T,) (or ``(losses, aux)``), where
+        L_t depends on the selected layer only through ``zs[t]``.
+      params: the full parameters (the decoders' and the encoder's); ``selection`` is made from them.
+      selection, args, penalty_fn, has_aux, axis_name: as in :func:`generic_objective`.
+
+    Raises:
+      ValueError: ``zs`` does not hold one array per task.
+    """
+    axes = _axes(axis_name)
+
+    def encode_selected(selected: list):
+        zs, extras = encode_fn(selection.merge(selected), *args)
+        return tuple(zs), extras
+
+    selected = _as_varying(list(selection.selected), axes)
+    zs, encode_linear, extras = jax.linearize(encode_selected, selected, has_aux=True)
+
+    def decode_zs(representations: tuple):
+        losses, aux = _split_aux(decode_fn(params, representations, extras, *args), has_aux)
+        _check_losses(losses)
+        return losses, aux
+
+    losses, decode_linear, aux = jax.linearize(decode_zs, zs, has_aux=True)
+    num_tasks = losses.shape[0]
+    if len(zs) != num_tasks:
+        raise ValueError(
+            f"encode_fn must return one representation per task: got {len(zs)} representations for "
+            f"{num_tasks} task losses"
+        )
+    # one backward pass: dL_t / dzs_t for every t (L_s does not depend on zs_t for s != t)
+    (representation_grads,) = jax.linear_transpose(decode_linear, zs)(jnp.ones_like(losses))
+    encode_transpose = jax.linear_transpose(encode_linear, selected)
+
+    def task_gradient(onehot: jax.Array) -> list:
+        cotangent = tuple(a * onehot[s].astype(a.dtype) for s, a in enumerate(representation_grads))
+        return encode_transpose(cotangent)[0]
+
+    jacobian = jax.vmap(task_gradient)(jnp.eye(num_tasks, dtype=losses.dtype))
+    cosine, penalty, unit, scale = _penalty_direction(jacobian, penalty_fn, axis_name)
+    # task t's tangent of its own representation: d zs_t along v_t (vmapped over t, slot t kept)
+    per_direction = jax.vmap(lambda *leaves: encode_linear(_as_varying(list(leaves), axes)))(*unit)
+    own_tangents = tuple(per_direction[t][t] for t in range(num_tasks))
+    tangents = decode_linear(own_tangents)  # decoder t carries only task t's tangent
+    return PenaltyTerms(losses, cosine, penalty, _surrogate(tangents, scale), aux)

@@ -1,0 +1,191 @@
+"""The fast CosReg gradients (reverse over forward, generic and encoder/decoder split) against oracles.
+
+Oracles: central finite differences in float64, explicit per-task ``jax.grad`` loops (``reference_total`` in
+conftest) and the straightforward reverse-over-reverse formulation (``implementation="reference"``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import orthojax
+from conftest import (
+    assert_tree_allclose,
+    central_fd,
+    conv_select,
+    make_convnet,
+    make_mlp,
+    mlp_select,
+    numpy_cosine,
+    reference_total,
+)
+
+ALPHA = 3.0
+PROBLEMS = {
+    "mlp2": (lambda: make_mlp(0, n_tasks=2), "encoder/dense2", mlp_select),
+    "mlp3": (lambda: make_mlp(1, n_tasks=3), "encoder/dense2", mlp_select),
+    "convnet": (lambda: make_convnet(2, n_tasks=2), "encoder/conv2", conv_select),
+}
+
+
+def _objectives(fn, wrt, **kw):
+    """The three formulations of the same objective, as ``f(params, *args) -> (total, aux)``."""
+    encode, decode = fn.split
+    return {
+        "fast": lambda p, *a: orthojax.loss_with_cosreg(fn, p, *a, wrt=wrt, alpha=ALPHA, **kw),
+        "reference": lambda p, *a: orthojax.loss_with_cosreg(
+            fn, p, *a, wrt=wrt, alpha=ALPHA, implementation="reference", **kw),
+        "split": lambda p, *a: orthojax.loss_with_cosreg_split(encode, decode, p, *a, wrt=wrt, alpha=ALPHA, **kw),
+    }
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_value_and_gradient_match_finite_differences_and_explicit_loops(problem, x64):
+    make, wrt, select = PROBLEMS[problem]
+    params, fn, args = make()
+    expected_total = float(reference_total(fn, params, *args, select=select, alpha=ALPHA))
+    fd = central_fd(lambda p: reference_total(fn, p, *args, select=select, alpha=ALPHA), params)
+    for name, objective in _objectives(fn, wrt).items():
+        (total, aux), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params, *args)
+        np.testing.assert_allclose(float(total), expected_total, rtol=1e-12, err_msg=name)
+        assert_tree_allclose(grads, fd, rtol=1e-6, atol=1e-8)
+        assert aux.cosine.shape == (aux.task_losses.shape[0],) * 2
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_fast_paths_equal_reference_with_weights_and_scaled_alpha(problem, x64):
+    make, wrt, _ = PROBLEMS[problem]
+    params, fn, args = make()
+    num_tasks = fn(params, *args).shape[0]
+    weights = jnp.linspace(0.5, 2.0, num_tasks)
+    outs = {
+        name: jax.jit(jax.value_and_grad(f, has_aux=True))(params, *args)
+        for name, f in _objectives(fn, wrt, weights=weights, scale_alpha_by_loss=True).items()
+    }
+    (ref_total, ref_aux), ref_grads = outs.pop("reference")
+    for name, ((total, aux), grads) in outs.items():
+        np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(np.asarray(aux.cosine), np.asarray(ref_aux.cosine), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(float(aux.penalty), float(ref_aux.penalty), rtol=1e-12)
+        assert_tree_allclose(grads, ref_grads, rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_jvp_of_fast_total_is_exact(x64):
+    params, fn, args = make_mlp(3, n_tasks=3)
+    direction = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape), params)
+    tangents = {}
+    for name, f in _objectives(fn, "encoder/dense2").items():
+        tangents[name] = float(jax.jvp(lambda p: f(p, *args)[0], (params,), (direction,))[1])
+    np.testing.assert_allclose(tangents["fast"], tangents["reference"], rtol=1e-10)
+    np.testing.assert_allclose(tangents["split"], tangents["reference"], rtol=1e-10)
+
+
+def test_zero_gradient_task_is_finite_and_exact(x64):
+    params, fn, args = make_mlp(4, n_tasks=3)
+    mask = jnp.array([1.0, 0.0, 1.0])  # task 1's loss (and gradient) is identically zero
+
+    def masked(p, *a):
+        return fn(p, *a) * mask
+
+    masked.split = (fn.split[0], lambda *a: fn.split[1](*a) * mask)
+    results = {
+        name: jax.jit(jax.value_and_grad(f, has_aux=True))(params, *args)
+        for name, f in _objectives(masked, "encoder/dense2").items()
+    }
+    (_, ref_aux), ref_grads = results["reference"]
+    assert np.all(np.asarray(ref_aux.cosine)[1] == 0)
+    for name, ((total, aux), grads) in results.items():
+        assert np.isfinite(float(total)), name
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads)), name
+        assert_tree_allclose(grads, ref_grads, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [1e-30, 1e-20, 1e20, 1e30])
+def test_cosines_and_gradient_unchanged_when_a_task_is_rescaled_in_float32(factor):
+    """Task 0's loss times c, its weight times 1/c: the same objective. Float32 all the way."""
+    params, fn, args = make_mlp(5, n_tasks=3, dtype=np.float32)
+    scale = jnp.array([factor, 1.0, 1.0], jnp.float32)
+    weights = jnp.array([1.0 / factor, 1.0, 1.0], jnp.float32)
+
+    def scaled(p, *a):
+        return fn(p, *a) * scale
+
+    scaled.split = (fn.split[0], lambda *a: fn.split[1](*a) * scale)
+    plain = _objectives(fn, "encoder/dense2")
+    for name, f in _objectives(scaled, "encoder/dense2", weights=weights).items():
+        (total, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params, *args)
+        (want_total, want_aux), want_grads = jax.jit(jax.value_and_grad(plain[name], has_aux=True))(params, *args)
+        np.testing.assert_allclose(np.asarray(aux.cosine), np.asarray(want_aux.cosine), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{name} at {factor}")
+        np.testing.assert_allclose(float(total), float(want_total), rtol=1e-5, err_msg=name)
+        assert_tree_allclose(grads, want_grads, rtol=2e-4, atol=1e-5)
+
+
+def test_cosine_matrix_scale_safe_across_float32_range():
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(3, 50)).astype(np.float32)
+    want = numpy_cosine(G)
+    cos = jax.jit(orthojax.cosine_matrix)
+    for factor in (1e-30, 1e-25, 1e-20, 1e-10, 1e10, 1e20, 1e25, 1e30):
+        scaled = G * np.array([[factor], [1.0], [1.0 / factor]], np.float32)
+        np.testing.assert_allclose(np.asarray(cos(jnp.asarray(scaled))), want, rtol=2e-6, atol=2e-6,
+                                   err_msg=f"factor {factor}")
+
+
+def test_vmap_over_parameter_sets_matches_per_set_results(x64):
+    params_a, fn, args = make_convnet(6, n_tasks=2)
+    params_b, _, _ = make_convnet(7, n_tasks=2)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params_a, params_b)
+    for name, f in _objectives(fn, "encoder/conv2").items():
+        grad = jax.grad(lambda p: f(p, *args)[0])
+        batched = jax.jit(jax.vmap(grad))(stacked)
+        for i, p in enumerate((params_a, params_b)):
+            assert_tree_allclose(jax.tree.map(lambda g: g[i], batched), jax.jit(grad)(p), rtol=1e-10, atol=1e-12)
+
+
+def test_flax_cnn_split_equals_generic_and_reference():
+    from orthojax.models import MultiDigitCNN
+
+    model = MultiDigitCNN(features=4, dense_features=6, num_classes=(3, 3, 3))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.random((4, 16, 16, 1), np.float32))
+    labels = jnp.asarray(rng.integers(0, 3, (4, 3)).astype(np.int32))
+    params = model.init(jax.random.key(0), images[:1])["params"]
+
+    def losses_of(outputs):
+        return jnp.stack([jnp.mean(jax.nn.logsumexp(o, -1) - jnp.take_along_axis(o, labels[:, t:t + 1], 1)[:, 0])
+                          for t, o in enumerate(outputs)])
+
+    fn = lambda p: losses_of(model.apply({"params": p}, images))
+    encode = lambda p: model.apply({"params": p}, images, method="encode")
+    decode = lambda p, zs, extras: losses_of(model.apply({"params": p}, zs, extras, method="decode"))
+    kw = dict(wrt="encoder/conv2", alpha=10.0)
+    runs = {
+        "reference": lambda p: orthojax.loss_with_cosreg(fn, p, implementation="reference", **kw),
+        "fast": lambda p: orthojax.loss_with_cosreg(fn, p, **kw),
+        "split": lambda p: orthojax.loss_with_cosreg_split(encode, decode, p, **kw),
+    }
+    out = {k: jax.jit(jax.value_and_grad(f, has_aux=True))(params) for k, f in runs.items()}
+    (ref_total, _), ref_grads = out["reference"]
+    for name in ("fast", "split"):
+        (total, _), grads = out[name]
+        np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-6, err_msg=name)
+        assert_tree_allclose(grads, ref_grads, rtol=2e-4, atol=2e-6)
+
+
+def test_bad_input_is_named():
+    params, fn, args = make_mlp(0, n_tasks=2, dtype=np.float32)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        orthojax.loss_with_cosreg(fn, params, *args, wrt="encoder/dense2", alpha=1.0, implementation="double")
+    encode, decode = fn.split
+    three = lambda p, *a: (encode(p, *a)[0] + encode(p, *a)[0][:1], None)
+    with pytest.raises(ValueError, match="one representation per task: got 3 representations for 2"):
+        orthojax.loss_with_cosreg_split(three, lambda p, zs, e, *a: decode(p, zs[:2], e, *a), params, *args,
+                                        wrt="encoder/dense2", alpha=1.0)
+    with pytest.raises(ValueError, match="alpha must be a non-negative"):
+        orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/dense2", alpha=-1.0)
+    with pytest.raises(KeyError):
+        orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/nope", alpha=1.0)
