@@ -141,3 +141,23 @@ def test_synthetic_default(tmp_path):
     splits, info = load_nyuv2(None, "paper", image_size=(32, 32), target_size=(8, 8), synthetic_sizes=(4, 2))
     assert info["synthetic"] is True and splits["train"]["image"].shape == (4, 32, 32, 3)
     assert any("synthetic" in n for n in info["notes"])
+
+
+def test_mtan_normals_summing_to_zero_stay_valid(tmp_path):
+    """Only an all-zero normal is missing: (1/sqrt2, -1/sqrt2, 0) passes through the reader (and its resizing)
+    as a valid unit normal, at native size and under the paper protocol."""
+    root = write_mtan(tmp_path, size=(H, W))
+    s = np.sqrt(0.5)
+    normal = np.tile(np.array([s, -s, 0.0]), (H, W, 1))
+    normal[0, :3] = 0  # missing, where the fixture's depth is missing too
+    normal[1, 1] = 0  # missing, and the nearest source pixel of the resized map's (0, 0)
+    np.save(root / "train/normal/0.npy", normal)
+    native = read_mtan_split(root, "train", "mtan", (H, W), (H, W))["normal"][0]
+    np.testing.assert_allclose(native, normal, atol=1e-7)
+    paper = read_mtan_split(root, "train", "paper", (8, 8), (6, 8))["normal"][0]
+    rows = np.floor((np.arange(6) + 0.5) * H / 6).astype(int)
+    cols = np.floor((np.arange(8) + 0.5) * W / 8).astype(int)
+    valid = np.any(normal != 0, axis=-1)[rows][:, cols]  # nearest source pixel valid
+    assert valid.sum() == 6 * 8 - 1
+    np.testing.assert_array_equal(np.any(paper != 0, axis=-1), valid)
+    np.testing.assert_allclose(paper[valid], np.tile([s, -s, 0.0], (valid.sum(), 1)), atol=1e-6)

@@ -76,3 +76,12 @@ def test_synthetic_default():
     splits, info = load_sunrgbd(None, image_size=(32, 32), target_size=(8, 8), synthetic_sizes=(3, 2))
     assert info["synthetic"] is True and info["num_classes"] == {"seg13": 13, "seg37": 18}
     assert set(splits["train"]) == {"image", "seg13", "seg37", "depth"}
+
+
+@pytest.mark.parametrize("depth_format", ["png10000", "toolbox"])
+def test_decode_depth_zero_is_the_only_missing_value(depth_format):
+    """Depth is missing exactly where gt == 0 (the rule of the losses and metrics): every uint16 PNG value."""
+    png = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    depth = decode_depth(png, depth_format)
+    np.testing.assert_array_equal(depth != 0, png != 0)
+    assert np.all(depth >= 0) and np.all(np.isfinite(depth))

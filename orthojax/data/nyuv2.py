@@ -22,6 +22,11 @@ re-normalised for normals, with masks recomputed (see :mod:`orthojax.data.resize
 Output keys: ``image`` float32 (N, H, W, 3) RGB in [0, 1], ``seg`` int32 (N, h, w)
 (-1 = ignore), ``depth`` float32 (N, h, w, 1) metres (0 = invalid), ``normal``
 float32 (N, h, w, 3) unit (all-zero = invalid).
+
+Valid pixels follow one rule everywhere (readers, losses, metrics): depth is missing where
+it is 0, a normal only where it is all-zero. A normal whose components sum to 0, such as
+(1/sqrt2, -1/sqrt2, 0), is valid and kept; MTAN's own code masks normals by "channel sum
+!= 0" and drops it (``orthojax.metrics.NORMAL_MASKS`` offers that rule for comparisons).
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ use 0 = ignore and 1..C for the classes; here they are shifted to 0..C-1 with
 * "toolbox" (the SUN RGB-D toolbox): ``(png >> 3) | (png << 13)`` as uint16,
   / 1000, clipped at 10 m.
 
-0 stays 0 (invalid) in both. Output keys: ``image`` float32 (N, H, W, 3),
-``seg13`` / ``seg37`` int32 (N, h, w), ``depth`` float32 (N, h, w, 1).
+0 stays 0 (invalid) in both, and no other PNG value decodes to 0, so depth is
+missing exactly where ``gt == 0``, the rule of the losses and metrics. Output
+keys: ``image`` float32 (N, H, W, 3), ``seg13`` / ``seg37`` int32 (N, h, w),
+``depth`` float32 (N, h, w, 1).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ the same ray hit, so they are geometrically consistent:
 * ``depth``: camera z-distance in metres; 0 (invalid) on window glass, as with
   a Kinect;
 * ``normal``: unit surface normal in the camera frame (x right, y down,
-  z forward), facing the camera; zero where depth is invalid;
+  z forward), facing the camera; all-zero (missing, the rule of the losses and
+  metrics) exactly where depth is invalid;
 * fine labels: the 18 :data:`FINE_CLASSES` (NYU40 names; -1 = unlabelled clutter);
 * coarse labels: the NYU 13 classes via the official 40 -> 13 mapping.
 
