@@ -72,9 +72,11 @@ def _reference(g):
 
 @jax.jit
 def _skew_grad(base, skew, h, r):
+    """The package's rotation loss: geotorch's strict-lower-triangle skew, summed over a (B, m) batch."""
     def loss(skew):
-        rs = jnp.matmul(base, jax.vmap(expm)(skew - jnp.swapaxes(skew, 1, 2)))
-        return sum(jnp.mean(jnp.sum((_rot(r, rk) - hk) ** 2, axis=-1)) for rk, hk in zip(rs, h))
+        lower = jnp.tril(skew, -1)
+        rs = jnp.matmul(base, jax.vmap(expm)(lower - jnp.swapaxes(lower, 1, 2)))
+        return sum(jnp.sum((_rot(r, rk) - hk) ** 2) for rk, hk in zip(rs, h))
 
     return jax.grad(loss)(skew)
 

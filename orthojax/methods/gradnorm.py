@@ -11,6 +11,12 @@ all shared parameters as in LibMTL):
 The model is trained on  sum_t w_t L_t  (w held constant); w takes one step of its own optimiser on
 dL_grad/dw (the norms ||grad_W L_t|| held constant), is clipped at a tiny positive floor, and is then
 renormalised to sum to T.
+
+Numerics: the norms ||grad_W L_t|| are computed on vectors rescaled by a power of two near their largest
+entry, so they neither flush to zero nor overflow for gradients far from 1 (norms from about 1e-30 to 1e30
+in float32). A weight update whose result is not finite (e.g. Adam's second moment overflowing for weight
+gradients beyond ~1e19 in float32) is skipped: the weights and their optimiser state are kept. The state
+(weights, initial losses, optimiser state) has the floating dtype of the parameters (float64 under x64).
 """
 
 from __future__ import annotations
@@ -26,10 +32,56 @@ from orthojax.select import make_selection
 
 PyTree = Any
 
-__all__ = ["GradNormState", "gradnorm"]
+__all__ = ["GradNormState", "gradnorm", "safe_norm"]
 
 _ON = ("last_shared", "shared")
 _MIN_WEIGHT = 1e-6
+
+
+def param_dtype(params: PyTree) -> jnp.dtype:
+    """The floating dtype for a method's state: the parameters' (promoted to at least float32)."""
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
+    dtypes = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    if not dtypes:
+        return jnp.dtype(jnp.result_type(jnp.float32))
+    return jnp.dtype(jnp.promote_types(jnp.result_type(*dtypes), jnp.float32))
+
+
+def copy_leaves(tree: PyTree) -> PyTree:
+    """A copy of every array leaf (distinct buffers: an optimiser may return arrays it was given)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
+
+
+def power_of_two_scale(top: jax.Array) -> jax.Array:
+    """A power of two s with top / s in [1, 2) (1 where ``top`` is 0 or not finite); dividing by it is exact."""
+    top = jax.lax.stop_gradient(top)
+    _, exponent = jnp.frexp(top)
+    scale = jnp.ldexp(jnp.ones_like(top), exponent - 1)  # 2^(e-1) never overflows: top < 2^e
+    return jnp.where(jnp.logical_and(top > 0, jnp.isfinite(top)), scale, jnp.ones_like(top))
+
+
+def safe_norm(x: jax.Array, axis: Optional[int] = None) -> jax.Array:
+    """Euclidean norm of ``x`` (over ``axis``, or all of it) that neither underflows nor overflows.
+
+    The entries are divided by a power of two near their largest magnitude (exact), squared and summed,
+    and the square root is multiplied back: the result is finite and non-zero whenever the true norm is a
+    finite non-zero number of the dtype (``sqrt(sum x^2)`` flushes to 0 below ~1e-19 and overflows above
+    ~1e19 in float32). Zero vectors give 0; non-finite entries give a non-finite norm.
+    """
+    a = jnp.abs(x)
+    top = jax.lax.stop_gradient(jnp.max(a, axis=axis, keepdims=True))
+    ok = jnp.logical_and(top > 0, jnp.isfinite(top))
+    scale = power_of_two_scale(top)
+    scaled = jnp.sqrt(jnp.sum(jnp.square(a / scale), axis=axis, keepdims=True))
+    out = jnp.where(ok, scale * scaled, top)
+    return jnp.squeeze(out, axis=axis) if axis is not None else jnp.reshape(out, ())
+
+
+def keep_finite_update(new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where all its floating leaves are finite, else ``old`` (leaf by leaf, one decision)."""
+    leaves = [x for x in jax.tree.leaves(new) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 class GradNormState(NamedTuple):
@@ -86,9 +138,10 @@ def gradnorm(
     def init(params: PyTree, num_tasks: int) -> GradNormState:
         if num_tasks < 2:
             raise ValueError(f"gradnorm needs at least 2 tasks; got {num_tasks}")
-        weights = jnp.ones((num_tasks,), jnp.float32)
+        dtype = param_dtype(params)
+        weights = jnp.ones((num_tasks,), dtype)
         return GradNormState(
-            weights, jnp.ones((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32), optimizer.init(weights)
+            weights, jnp.ones((num_tasks,), dtype), jnp.zeros((), jnp.int32), copy_leaves(optimizer.init(weights))
         )
 
     def step(
@@ -109,7 +162,7 @@ def gradnorm(
         w_rows = jnp.concatenate(
             [jnp.reshape(leaves[i], (losses.shape[0], -1)) for i in selection.indices], axis=1
         )
-        norms = jax.lax.stop_gradient(jnp.linalg.norm(w_rows, axis=1))
+        norms = jax.lax.stop_gradient(safe_norm(w_rows, axis=1))
 
         first = state.count == 0
         initial_losses = jnp.where(first, jax.lax.stop_gradient(losses), state.initial_losses.astype(losses.dtype))
@@ -127,6 +180,7 @@ def gradnorm(
         )
         new_w = jnp.maximum(optax.apply_updates(state.weights, updates), _MIN_WEIGHT)
         new_w = new_w * (new_w.shape[0] / jnp.sum(new_w))
+        new_w, opt_state = keep_finite_update((new_w, opt_state), (state.weights, state.opt_state))
 
         new_state = GradNormState(
             new_w, initial_losses.astype(state.initial_losses.dtype), state.count + 1, opt_state

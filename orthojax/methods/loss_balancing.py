@@ -98,9 +98,14 @@ def dwa(temperature: float = 2.0, period: int = 1) -> Method:
             raise ValueError(f"dwa needs at least one task; got {num_tasks}")
         leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
         dtype = jnp.result_type(leaves[0]) if leaves else jnp.float32
-        zeros = jnp.zeros((num_tasks,), dtype)
-        zero = jnp.zeros((), jnp.int32)
-        return DWAState(zeros, zero, zeros, zeros, zero)
+        # one array per field: a state whose fields share a buffer cannot be donated to a compiled step
+        return DWAState(
+            running_sum=jnp.zeros((num_tasks,), dtype),
+            count=jnp.zeros((), jnp.int32),
+            last=jnp.zeros((num_tasks,), dtype),
+            before_last=jnp.zeros((num_tasks,), dtype),
+            periods=jnp.zeros((), jnp.int32),
+        )
 
     def step(problem: MultiTaskProblem, params: PyTree, state: DWAState, batch: Any, rng: jax.Array) -> MethodStep:
         w = jnp.where(

@@ -2,14 +2,20 @@
 
 The encoder output z (channels last) is rotated per task over its first m channels (m = ``latent_size``;
 the remaining channels pass unchanged): head k sees  z~_k = R_k z  (``z @ R_k^T`` on the channel axis), with
-R_k frozen for the heads. R_k = B_k expm(A_k - A_k^T) with B_k a fixed rotation (random by default) and A_k
-learnable, zero at the start, so R_k stays in SO(m).
+R_k frozen for the heads. R_k = B_k expm(K_k), K_k = tril(X_k, -1) - tril(X_k, -1)^T, with B_k a fixed rotation
+(random by default) and X_k learnable, zero at the start, so R_k stays in SO(m). As in the package (geotorch's
+``orthogonal(..., triv="expm")``), only the strict lower triangle of X_k is used (the rest gets zero gradient
+and stays zero): a step on X_k moves K_k half as far as the same step did with the full parametrisation
+K = A - A^T of earlier orthojax versions, so the package's learning rates carry over unchanged.
 
 One step, with h_k = dL_k/dz~_k (the head's gradient) and g_k = R_k^T h_k = dL_k/dz (un-rotated):
 
 * reference  r = mean_k ( g_k ||mean_j g_j|| / ||g_k|| )  (the task gradients rescaled to a common norm);
-* rotation loss per task  l_k(A_k) = mean over positions || R_k r - h_k ||^2  (r and h_k held constant),
-  one step of the rotations' own optimiser on dl_k/dA_k;
+* rotation loss per task  l_k(X_k) = sum over all entries of (R_k r - h_k)^2, divided by the batch size for
+  representations with spatial axes (rank >= 3: the batch mean of the per-example squared norm); for (B, m)
+  vectors the sum runs over the batch too. This is the package's reduction (its einsum over the last two axes
+  of the (B, m) gradient sums the batch); r and h_k are held constant; one step of the rotations' own
+  optimiser on dl_k/dX_k;
 * the encoder's cotangent at z:
     - "rotate_only":    sum_k g_k;
     - "rotograd":       sum_k (g_k / n_k) C with n_k = ||g_k||, rho_k = n_k / n_k^0, alpha_k = rho_k /
@@ -23,6 +29,16 @@ One step, with h_k = dL_k/dz~_k (the head's gradient) and g_k = R_k^T h_k = dL_k
       weights only.)
 
 The heads and every other parameter receive the plain gradient of sum_k L_k.
+
+Numerics (deliberate differences from the package, which agree with it for gradients of ordinary size): the
+norms are computed on vectors rescaled by a power of two and floored at the dtype's smallest normal number
+(the package: 1e-15), so n_k, r, the weights and the cosines are correct for representation gradients from
+about 1e-30 to 1e30 in float32 (the package's floor changes the result once a norm drops below ~1e-13). The
+rotation loss and its gradient are computed on r and h_k divided by a common power of two and multiplied
+back, so they are exact wherever the true value is representable. An update of the learnable parameters
+whose result is not finite (the rotation gradient grows like the square of the representation gradients and
+overflows float32 beyond ~1e19; Adam's second moment likewise) is skipped: the rotations, weights and their
+optimiser state are kept. The floating state follows the parameters' dtype (float64 under x64).
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import optax
 from jax.scipy.linalg import expm
 
 from orthojax.methods.base import check_positive as _check_positive, Method, MethodStep, MultiTaskProblem
+from orthojax.methods.gradnorm import copy_leaves, keep_finite_update, param_dtype, power_of_two_scale, safe_norm
 
 PyTree = Any
 
@@ -44,7 +61,6 @@ __all__ = [
     "RotoGradState", "rotate_only", "rotate_representations", "rotograd", "rotograd_norm", "rotation_matrices",
 ]
 
-_EPS = 1e-15
 _VARIANTS = ("rotate_only", "rotograd", "rotograd_norm")
 
 
@@ -52,7 +68,8 @@ class RotoGradState(NamedTuple):
     """State of the RotoGrad methods.
 
     Attributes:
-      learnable: {"skew": (T, m, m) the A_k} (+ {"log_weights": (T,)} for rotograd_norm).
+      learnable: {"skew": (T, m, m) the X_k, of which only the strict lower triangle is used}
+        (+ {"log_weights": (T,)} for rotograd_norm).
       base: (T, m, m) the fixed rotations B_k.
       opt_state: optax state of ``learnable``'s optimiser.
       initial_norms: (T,) n_k^0.
@@ -69,7 +86,7 @@ class RotoGradState(NamedTuple):
 
 
 def rotation_matrices(state: RotoGradState) -> jax.Array:
-    """The (T, m, m) rotations R_k = B_k expm(A_k - A_k^T) of a RotoGrad state."""
+    """The (T, m, m) rotations R_k = B_k expm(tril(X_k, -1) - tril(X_k, -1)^T) of a RotoGrad state."""
     return _rotations(state.base, state.learnable["skew"])
 
 
@@ -99,7 +116,8 @@ def _rotate_all(base: jax.Array, skew: jax.Array, zs: tuple) -> tuple:
 
 @jax.jit
 def _rotations(base: jax.Array, skew: jax.Array) -> jax.Array:
-    return jnp.matmul(base, jax.vmap(expm)(skew - jnp.swapaxes(skew, -1, -2)))
+    lower = jnp.tril(skew, -1)  # geotorch's Skew(lower=True): the strict lower triangle only
+    return jnp.matmul(base, jax.vmap(expm)(lower - jnp.swapaxes(lower, -1, -2)))
 
 
 def _rotate(z: jax.Array, rotation: jax.Array) -> jax.Array:
@@ -109,11 +127,16 @@ def _rotate(z: jax.Array, rotation: jax.Array) -> jax.Array:
     return jnp.concatenate([lo, z[..., m:]], axis=-1) if z.shape[-1] > m else lo
 
 
-def _norm(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(x * x))
+def _tiny(x: jax.Array) -> jax.Array:
+    return jnp.asarray(jnp.finfo(x.dtype).tiny, x.dtype)
 
 
-def _random_rotations(seed: int, num_tasks: int, m: int) -> np.ndarray:
+def _reduction(z: jax.Array) -> float:
+    """The package's rotation-loss reduction factor: 1 (sum over the batch) for (B, m), 1 / B for maps."""
+    return 1.0 if z.ndim <= 2 else 1.0 / z.shape[0]
+
+
+def _random_rotations(seed: int, num_tasks: int, m: int) -> np.ndarray:  # float64
     """num_tasks Haar-random matrices of SO(m) (QR of a Gaussian with the sign fix, then det +1)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -123,7 +146,7 @@ def _random_rotations(seed: int, num_tasks: int, m: int) -> np.ndarray:
         if np.linalg.det(q) < 0:
             q[:, 0] = -q[:, 0]
         out.append(q)
-    return np.stack(out).astype(np.float32)
+    return np.stack(out)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -155,15 +178,19 @@ def _build(
     def init(params: PyTree, num_tasks: int) -> RotoGradState:
         if num_tasks < 2:
             raise ValueError(f"{variant} needs at least 2 tasks; got {num_tasks}")
+        dtype = param_dtype(params)
         if random_init:
-            base = jnp.asarray(_random_rotations(seed, num_tasks, m))
+            base = jnp.asarray(_random_rotations(seed, num_tasks, m), dtype)
         else:
-            base = jnp.broadcast_to(jnp.eye(m, dtype=jnp.float32), (num_tasks, m, m))
-        learnable = {"skew": jnp.zeros((num_tasks, m, m), jnp.float32)}
+            base = jnp.tile(jnp.eye(m, dtype=dtype), (num_tasks, 1, 1))
+        learnable = {"skew": jnp.zeros((num_tasks, m, m), dtype)}
         if variant == "rotograd_norm":
-            learnable["log_weights"] = jnp.zeros((num_tasks,), jnp.float32)
-        ones = jnp.ones((num_tasks,), jnp.float32)
-        return RotoGradState(learnable, base, optimizer.init(learnable), ones, ones, jnp.zeros((), jnp.int32))
+            learnable["log_weights"] = jnp.zeros((num_tasks,), dtype)
+        # every field its own buffer (a state whose fields share one cannot be donated to a compiled step)
+        return RotoGradState(
+            learnable, base, copy_leaves(optimizer.init(learnable)), jnp.ones((num_tasks,), dtype),
+            jnp.ones((num_tasks,), dtype), jnp.zeros((), jnp.int32),
+        )
 
     def step(
         problem: MultiTaskProblem, params: PyTree, state: RotoGradState, batch: Any, rng: jax.Array
@@ -204,43 +231,55 @@ def _build(
         head_grads, h = decoder_pullback(jnp.ones_like(losses))
         h = [jax.lax.stop_gradient(x) for x in h]
         g = [_rotate(hk, r.T) for hk, r in zip(h, rotations)]  # back-rotated: dL_k/dz
-        norms = jnp.stack([jnp.maximum(_norm(gk), _EPS) for gk in g])
+        norms = jnp.stack([jnp.maximum(safe_norm(gk), _tiny(gk)) for gk in g])
 
-        mean_norm = _norm(sum(g) / num_tasks)
+        mean_norm = safe_norm(sum(g) / num_tasks)
         reference = sum(gk * (mean_norm / nk) for gk, nk in zip(g, norms)) / num_tasks
 
         first = jnp.logical_or(state.count == 0, state.count == burn_in)
         initial_norms = jnp.where(first, norms, state.initial_norms.astype(norms.dtype))
         initial_losses = jnp.where(first, losses, state.initial_losses.astype(losses.dtype))
 
+        # l_k = red * sum (R_k r - h_k)^2 is quadratic in the gradients: evaluated (with its gradient) on r and
+        # h_k divided by a power of two s_k, then multiplied by s_k^2, it stays exact wherever representable
+        top_r = jnp.max(jnp.abs(reference))
+        s = jnp.stack([power_of_two_scale(jnp.maximum(top_r, jnp.max(jnp.abs(hk)))) for hk in h])
+        r_scaled = [reference / sk for sk in s]
+        h_scaled = [hk / sk for hk, sk in zip(h, s)]
+
         def rotation_loss(r_all):
             per_task = []
-            for hk, rk in zip(h, r_all):
-                diff = _rotate(reference, rk) - hk
-                per_task.append(jnp.mean(jnp.sum(diff * diff, axis=-1)))
+            for rk_ref, hk, rk in zip(r_scaled, h_scaled, r_all):
+                diff = _rotate(rk_ref, rk) - hk
+                per_task.append(_reduction(hk) * jnp.sum(diff * diff))
             return jnp.sum(jnp.stack(per_task)), jnp.stack(per_task)
 
         (_, rot_losses), rotation_grads = jax.value_and_grad(rotation_loss, has_aux=True)(rotations)
         (skew_grads,) = rotations_pullback(rotation_grads.astype(rotations.dtype))
+        s_state = s.astype(skew_grads.dtype)[:, None, None]
+        skew_grads = skew_grads * s_state * s_state  # (x s) s: a zero entry stays 0 even where s^2 overflows
+        rot_losses = rot_losses * s.astype(rot_losses.dtype) * s.astype(rot_losses.dtype)
         learn_grads = {"skew": skew_grads}
         if variant == "rotograd_norm":
+            w_now = num_tasks * jax.nn.softmax(state.learnable["log_weights"]).astype(norms.dtype)
+            shared = safe_norm(sum(wk * gk for wk, gk in zip(w_now, g)) / num_tasks)
+            ratios = losses / initial_losses
+            target = jax.lax.stop_gradient(shared * (ratios / jnp.mean(ratios)) ** alpha)
 
             def gradnorm_loss(log_weights):
                 w = num_tasks * jax.nn.softmax(log_weights).astype(norms.dtype)
-                shared = jax.lax.stop_gradient(_norm(sum(wk * gk for wk, gk in zip(w, g)) / num_tasks))
-                ratios = losses / initial_losses
-                target = jax.lax.stop_gradient(shared * (ratios / jnp.mean(ratios)) ** alpha)
                 return jnp.sum(jnp.abs(w * norms - target))
 
             learn_grads["log_weights"] = jax.grad(gradnorm_loss)(state.learnable["log_weights"])
         updates, opt_state = optimizer.update(learn_grads, state.opt_state, state.learnable)
         learnable = optax.apply_updates(state.learnable, updates)
+        learnable, opt_state = keep_finite_update((learnable, opt_state), (state.learnable, state.opt_state))
 
         if variant == "rotate_only":
             scales = jnp.ones_like(norms)
         elif variant == "rotograd":
             rho = norms / initial_norms
-            alphas = rho / jnp.maximum(jnp.sum(rho), _EPS)
+            alphas = rho / jnp.maximum(jnp.sum(rho), _tiny(rho))
             scales = jnp.sum(alphas * norms) / norms
         else:
             scales = num_tasks * jax.nn.softmax(state.learnable["log_weights"]).astype(norms.dtype)
@@ -249,8 +288,8 @@ def _build(
         (encoder_grads,) = encoder_pullback(jax.tree.unflatten(z_tree, cotangents))
         grads = jax.tree.map(jnp.add, encoder_grads, head_grads)
 
-        cosines = jnp.stack([jnp.sum(gk * reference) / (nk * jnp.maximum(_norm(reference), _EPS))
-                             for gk, nk in zip(g, norms)])
+        unit_reference = reference / jnp.maximum(safe_norm(reference), _tiny(reference))
+        cosines = jnp.stack([jnp.sum((gk / nk) * unit_reference) for gk, nk in zip(g, norms)])
         new_state = RotoGradState(
             learnable, state.base, opt_state, initial_norms.astype(state.initial_norms.dtype),
             initial_losses.astype(state.initial_losses.dtype), state.count + 1,
@@ -274,6 +313,7 @@ _ARGS_DOC = """
       burn_in_period: the step at which n_k^0 (and L_k^0) are recorded again (20 in the package).
       learning_rate: learning rate of the default optimiser of the rotations, ``optax.adam``; keep it
         smaller than the model's (the package README's advice; 5e-5 against 1e-4 in an NYUv2 script).
+        The parametrisation and the rotation loss are the package's, so its learning rates carry over.
       optimizer: an optax transformation for the rotation parameters; overrides ``learning_rate``.
       random_init: B_k a random rotation (as the package) or the identity.
       seed: seed of the random B_k.

@@ -9,6 +9,7 @@ With one learnable log-variance s_t = log sigma_t^2 per task, the objective is
 
 The model receives dJ/dtheta; s is updated inside the step by its own optax optimiser from dJ/ds (the
 optimum of the "half" form is s_t = log L_t). The effective task weight is dJ/dL_t (e^{-s_t}/2 or e^{-s_t}).
+The state (s and its optimiser state) has the floating dtype of the parameters (float64 under x64).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.gradnorm import copy_leaves, param_dtype
 
 PyTree = Any
 
@@ -97,8 +99,8 @@ def uncertainty(
     def init(params: PyTree, num_tasks: int) -> UncertaintyState:
         if num_tasks < 1:
             raise ValueError(f"uncertainty needs at least 1 task; got {num_tasks}")
-        log_vars = jnp.full((num_tasks,), init_log_var, jnp.float32)
-        return UncertaintyState(log_vars, optimizer.init(log_vars))
+        log_vars = jnp.full((num_tasks,), init_log_var, param_dtype(params))
+        return UncertaintyState(log_vars, copy_leaves(optimizer.init(log_vars)))
 
     def step(
         problem: MultiTaskProblem, params: PyTree, state: UncertaintyState, batch: Any, rng: jax.Array

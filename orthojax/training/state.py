@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,7 @@ from orthojax.methods.base import Method
 PyTree = Any
 Batch = Mapping[str, Any]
 
-__all__ = ["TrainState", "init_train_state", "model_variables", "num_model_tasks", "step_key"]
+__all__ = ["TrainState", "distinct_buffers", "init_train_state", "model_variables", "num_model_tasks", "step_key"]
 
 
 @struct.dataclass
@@ -82,14 +82,16 @@ def init_train_state(
       sample_inputs: model inputs with the right shapes and dtypes (e.g. one small batch).
 
     Returns:
-      A :class:`TrainState` at step 0.
+      A :class:`TrainState` at step 0. Outside ``jit`` no two leaves share a buffer (see
+      :func:`distinct_buffers`), so the state can be donated to the compiled step however the method's
+      ``init`` and the optimiser's ``init`` built their arrays.
     """
     init_key, dropout_key, base_key = jax.random.split(key, 3)
     variables = model.init({"params": init_key, "dropout": dropout_key}, sample_inputs, train=False)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     num_tasks = num_model_tasks(model, variables, sample_inputs)
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
@@ -99,3 +101,38 @@ def init_train_state(
         nonfinite_total=jnp.zeros((), jnp.int32),
         nonfinite_streak=jnp.zeros((), jnp.int32),
     )
+    return distinct_buffers(state)
+
+
+def _buffer_keys(x: Any) -> Optional[tuple]:
+    """(device id, buffer address) of each shard of a concrete array; None for a tracer or a non-array."""
+    if not isinstance(x, jax.Array):
+        return None
+    try:
+        return tuple((s.device.id, s.data.unsafe_buffer_pointer()) for s in x.addressable_shards)
+    except Exception:  # a tracer (under jit / vmap / eval_shape), a deleted array, a backend without pointers
+        return None
+
+
+def distinct_buffers(tree: PyTree) -> PyTree:
+    """``tree`` with every concrete array leaf that shares a buffer with an earlier leaf replaced by a copy.
+
+    A state whose leaves alias one buffer (e.g. a method's ``init`` returning one zeros array in several
+    fields, or an optimiser state holding the parameters themselves) cannot be donated: the donated
+    compiled step (``jax.jit(..., donate_argnums=0)``) fails with "Attempt to donate the same buffer twice".
+    Leaves are copied with their sharding; tracers (inside ``jit``, ``vmap``, ``eval_shape``, whose outputs
+    are distinct buffers anyway) and non-array leaves are returned unchanged.
+    """
+    seen: set = set()
+
+    def fix(x):
+        keys = _buffer_keys(x)
+        if keys is None:
+            return x
+        if seen.intersection(keys):
+            x = jax.device_put(x, x.sharding, may_alias=False)
+            keys = _buffer_keys(x) or ()
+        seen.update(keys)
+        return x
+
+    return jax.tree.map(fix, tree)
