@@ -23,7 +23,7 @@ import jax
 PyTree = Any
 Selector = Union[None, str, Callable[[str, Any], bool]]
 
-__all__ = ["Selector", "Selection", "leaf_paths", "make_selection", "select_subtree"]
+__all__ = ["Selector", "Selection", "closest_paths", "leaf_paths", "make_selection", "path_similarity", "select_subtree"]
 
 
 def _key_name(key: Any) -> str:
@@ -82,12 +82,68 @@ class Selection(NamedTuple):
         return tree
 
 
+def _component_similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def _ordered_match(typed: Sequence[str], candidate: Sequence[str]) -> float:
+    """Mean similarity of ``typed``'s components matched, in order, to a subsequence of ``candidate``'s."""
+    if not typed:
+        return 1.0
+    best = [[0.0] * (len(candidate) + 1) for _ in range(len(typed) + 1)]
+    for i in range(1, len(typed) + 1):
+        for j in range(1, len(candidate) + 1):
+            best[i][j] = max(best[i][j - 1], best[i - 1][j],
+                             best[i - 1][j - 1] + _component_similarity(typed[i - 1], candidate[j - 1]))
+    return best[-1][-1] / len(typed)
+
+
+def path_similarity(typed: Sequence[str], candidate: Sequence[str]) -> float:
+    """How close an existing path is to the path the user typed, in [0, 1] (1: equal up to case).
+
+    Case-insensitive and component-wise: the last typed name (the layer) against the candidate's last name
+    weighs most, the typed parents are matched in order to any of the candidate's parents (so ``"Conv_1"`` and
+    ``"params/Conv_1"`` match ``"params/backbone/block_1/Conv_1"``, ``"encodr/conv2"`` matches
+    ``"encoder/conv2"``), and each component of the candidate beyond the typed ones costs a little. The
+    similarity of the whole strings is the floor.
+    """
+    t = [part.lower() for part in typed]
+    c = [part.lower() for part in candidate]
+    whole = _component_similarity("/".join(t), "/".join(c))
+    if not t or not c:
+        return whole
+    last = _component_similarity(t[-1], c[-1])
+    score = last if len(t) == 1 else 0.6 * last + 0.4 * _ordered_match(t[:-1], c[:-1])
+    return max(whole, score - 0.02 * max(len(c) - len(t), 0))
+
+
+def closest_paths(wrt: str, all_paths: Sequence[Sequence[str]], n: int = 5) -> list[str]:
+    """The ``n`` existing paths most similar to ``wrt`` (:func:`path_similarity`), best first.
+
+    Candidates are the leaves and every subtree above them; a path under one already listed is left out (the
+    suggestions name distinct layers, not the kernel and bias of the first).
+    """
+    typed = tuple(part for part in wrt.strip("/").split("/") if part)
+    prefixes = {tuple(p[:i]) for p in all_paths for i in range(1, len(p) + 1)}
+    ranked = sorted(prefixes, key=lambda p: (-path_similarity(typed, p), len(p), "/".join(p)))
+    chosen: list[tuple[str, ...]] = []
+    for p in ranked:
+        if len(chosen) == n:
+            break
+        if not any(p[:len(q)] == q for q in chosen):
+            chosen.append(p)
+    return ["/".join(p) for p in chosen]
+
+
 def _missing_path_error(wrt: str, all_paths: list[tuple[str, ...]]) -> KeyError:
-    prefixes = sorted({"/".join(p[:i]) for p in all_paths for i in range(1, len(p) + 1)})
-    close = difflib.get_close_matches(wrt, prefixes, n=5, cutoff=0.0)
-    return KeyError(
-        f"wrt path {wrt!r} matches no parameter; closest existing paths: {close}"
-    )
+    close = closest_paths(wrt, all_paths)
+    typed = "/".join(part for part in wrt.strip("/").split("/") if part).lower()
+    message = f"wrt path {wrt!r} matches no parameter"
+    if close and close[0].lower() == typed:
+        message += f" (paths are case-sensitive): did you mean {close[0]!r}?"
+    elif close:
+        message += f"; did you mean {close[0]!r}?"
+    return KeyError(f"{message} Closest existing paths, best first: {close}")
 
 
 def make_selection(params: PyTree, wrt: Selector) -> Selection:

@@ -99,14 +99,32 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 
 def task_losses_and_aux(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
-    """Calls ``problem.task_losses`` and checks that it returns a (T,) vector and an aux."""
+    """Calls ``problem.task_losses`` and checks that it returns a (T,) vector and an aux.
+
+    Raises:
+      ValueError: anything else; the message says what was returned and how to fix it
+        (``return jnp.stack([loss_0, loss_1, ...]), aux``).
+    """
+    from orthojax.jacobian import describe_value  # the checks' wording is shared with task_jacobian
+
+    fix = "return `jnp.stack([loss_0, loss_1, ...]), aux` (aux may be None or {})"
     out = problem.task_losses(params, batch, rng)
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise ValueError("problem.task_losses must return a pair (losses of shape (T,), aux)")
+        raise ValueError(
+            f"problem.task_losses must return a pair (losses of shape (T,), aux); it returned "
+            f"{describe_value(out)}: {fix}")
     losses, aux = out
-    if jnp.ndim(losses) != 1:
-        raise ValueError(f"problem.task_losses must return losses of shape (T,); got {jnp.shape(losses)}")
-    return losses, aux
+    if not isinstance(losses, (tuple, list)) and jnp.ndim(losses) == 1:
+        return losses, aux
+    if isinstance(losses, (tuple, list)):
+        extra = " (stack a tuple of losses into one array)"
+    elif jnp.ndim(losses) == 0 and isinstance(aux, (jax.Array, float, int)) and jnp.ndim(aux) == 0:
+        extra = " (a pair of scalar losses (loss_0, loss_1) is read as (losses, aux))"
+    else:
+        extra = ""
+    raise ValueError(
+        f"problem.task_losses must return losses of shape (T,) as the first item of (losses, aux); the first "
+        f"item was {describe_value(losses)}{extra}: {fix}")
 
 
 def last_shared_cosine(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array) -> jax.Array:
