@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.linalg
 from jax.scipy.linalg import expm
 
 from orthojax.methods import (
+    MultiTaskProblem,
     get_method,
     rotate_only,
     rotate_representations,
@@ -209,3 +211,195 @@ def test_latent_size_larger_than_the_representation_is_an_error():
     method = rotograd(latent_size=5)
     with pytest.raises(ValueError, match="latent_size"):
         method.step(problem, params, method.init(params, 2), batch, None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parity with the package (rotograd 0.1.6 + geotorch): a NumPy float64 re-derivation of whole steps
+# --------------------------------------------------------------------------------------------------------------
+#
+# The package rotates with R_k = B_k expm(tril(X_k, -1) - tril(X_k, -1)^T) (geotorch's orthogonal/expm: only the
+# strict lower triangle of X_k is learnt) and its rotation loss for task k is
+#     einsum('...ij,...ij->...', d, d).mean()   with d = R_k r - h_k laid out as (..., rotated, rest):
+# for (B, m) vectors the einsum sums the batch too (a scalar); for (B, C, H, W) maps it is the batch mean of
+# the per-example sum. The oracle below encodes exactly that, with expm and its Frechet derivative from SciPy.
+
+
+def _np_problem(seed, spatial, d_in=2, d=4, batch=5, scales=(1.0, 4.0)):
+    """z = tanh(tanh(x W1 + b1) W2 + b2) on (B, *spatial, d_in) inputs; head k: flatten(z~_k) a_k + c_k;
+    L_k = scale_k mean_b (pred - y)^2. Returns NumPy float64 params, x, ys."""
+    rng = np.random.default_rng(seed)
+    p = int(np.prod(spatial)) * d
+    params = {
+        "W1": rng.normal(size=(d_in, d)) / np.sqrt(d_in), "b1": 0.1 * rng.normal(size=(d,)),
+        "W2": rng.normal(size=(d, d)) / np.sqrt(d), "b2": 0.1 * rng.normal(size=(d,)),
+        "a": rng.normal(size=(2, p, 1)) / np.sqrt(p), "c": np.zeros((2, 1)),
+    }
+    x = rng.normal(size=(batch,) + tuple(spatial) + (d_in,))
+    ys = rng.normal(size=(2, batch, 1))
+    return params, x, ys, np.asarray(scales, np.float64)
+
+
+def _jax_problem(x, ys, scales):
+    def encode(p, batch, rng):
+        x, _ = batch
+        h = jnp.tanh(x @ p["W1"] + p["b1"])
+        z = jnp.tanh(h @ p["W2"] + p["b2"])
+        return (z, z), None
+
+    def decode(p, zs, extras, batch, rng):
+        _, ys = batch
+        out = []
+        for k in range(2):
+            pred = zs[k].reshape(zs[k].shape[0], -1) @ p["a"][k] + p["c"][k]
+            out.append(scales[k] * jnp.mean((pred - ys[k]) ** 2))
+        return jnp.stack(out), None
+
+    def task_losses(p, batch, rng):
+        return decode(p, *encode(p, batch, rng), batch, rng)
+
+    return MultiTaskProblem(task_losses, last_shared="W2", shared=("W1", "b1", "W2", "b2"),
+                            encode=encode, decode=decode)
+
+
+def _np_rot(v, R):
+    """R applied to the first m channels of the last axis (v @ R^T), the rest unchanged."""
+    m = R.shape[0]
+    return np.concatenate([v[..., :m] @ R.T, v[..., m:]], axis=-1)
+
+
+class _NumpyRotoGrad:
+    """RotoGrad (variant "rotograd" or "rotate_only") re-derived in NumPy float64, package semantics."""
+
+    def __init__(self, variant, base, m, burn_in, rotation_opt, lr):
+        self.variant, self.base, self.m, self.burn_in = variant, np.asarray(base, np.float64), m, burn_in
+        self.X = np.zeros_like(self.base)
+        self.opt, self.lr = rotation_opt, lr
+        self.mu, self.nu, self.count = np.zeros_like(self.X), np.zeros_like(self.X), 0
+        self.n0 = None
+
+    def rotations(self):
+        L = np.tril(self.X, -1)
+        return np.stack([b @ scipy.linalg.expm(l - l.T) for b, l in zip(self.base, L)])
+
+    def step(self, params, x, ys, scales):
+        P = params
+        B = x.shape[0]
+        R = self.rotations()
+        h1 = np.tanh(x @ P["W1"] + P["b1"])
+        z = np.tanh(h1 @ P["W2"] + P["b2"])
+        losses, h, head_grads = [], [], {"a": np.zeros_like(P["a"]), "c": np.zeros_like(P["c"])}
+        for k in range(2):
+            zk = _np_rot(z, R[k])
+            flat = zk.reshape(B, -1)
+            pred = flat @ P["a"][k] + P["c"][k]
+            losses.append(scales[k] * np.mean((pred - ys[k]) ** 2))
+            dpred = scales[k] * 2.0 / B * (pred - ys[k])  # (B, 1)
+            head_grads["a"][k] = flat.T @ dpred
+            head_grads["c"][k] = dpred.sum(axis=0)
+            h.append((dpred @ P["a"][k].T).reshape(z.shape))  # dL_k / dz~_k
+        g = [_np_rot(hk, R[k].T) for k, hk in enumerate(h)]  # dL_k / dz
+        n = np.array([np.linalg.norm(gk) for gk in g])
+        mean_norm = np.linalg.norm(sum(g) / 2)
+        r = sum(gk * mean_norm / nk for gk, nk in zip(g, n)) / 2
+        # rotation loss and its gradient w.r.t. X_k (adjoint Frechet derivative of expm)
+        red = 1.0 if z.ndim == 2 else 1.0 / B
+        m = self.m
+        grad_X = np.zeros_like(self.X)
+        rot_losses = []
+        for k in range(2):
+            diff = _np_rot(r, R[k]) - h[k]
+            rot_losses.append(red * np.sum(diff ** 2))
+            D = diff[..., :m].reshape(-1, m)
+            Rr = r[..., :m].reshape(-1, m)
+            G = 2.0 * red * D.T @ Rr  # d loss / d R_k
+            Lk = np.tril(self.X[k], -1)
+            K = Lk - Lk.T
+            gK = scipy.linalg.expm_frechet(K.T, self.base[k].T @ G, compute_expm=False)
+            grad_X[k] = np.tril(gK - gK.T, -1)
+        self.count += 1
+        if self.opt == "sgd":
+            self.X = self.X - self.lr * grad_X
+        else:  # optax.adam defaults
+            self.mu = 0.9 * self.mu + 0.1 * grad_X
+            self.nu = 0.999 * self.nu + 0.001 * grad_X ** 2
+            mhat, nhat = self.mu / (1 - 0.9 ** self.count), self.nu / (1 - 0.999 ** self.count)
+            self.X = self.X - self.lr * mhat / (np.sqrt(nhat) + 1e-8)
+        # the encoder's cotangent
+        if self.n0 is None or self.count - 1 == self.burn_in:
+            self.n0 = n
+        if self.variant == "rotate_only":
+            weights = np.ones(2)
+        else:
+            rho = n / self.n0
+            C = np.sum(rho / rho.sum() * n)
+            weights = C / n
+        cot = sum(w * gk for w, gk in zip(weights, g))
+        u2 = cot * (1 - z ** 2)
+        dh1 = u2 @ P["W2"].T
+        u1 = dh1 * (1 - h1 ** 2)
+        flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+        grads = {"W1": flat(x).T @ flat(u1), "b1": flat(u1).sum(0), "W2": flat(h1).T @ flat(u2),
+                 "b2": flat(u2).sum(0), **head_grads}
+        cos = [np.sum(gk * r) / (nk * np.linalg.norm(r)) for gk, nk in zip(g, n)]
+        return dict(grads=grads, losses=np.array(losses), norms=n, weights=weights, cosines=np.array(cos),
+                    rotation_loss=np.array(rot_losses))
+
+
+def _run_parity(variant, spatial, rotation_opt, steps, dtype=np.float32, m=3, rtol=2e-4, atol=1e-6):
+    lr_model, lr_rot, burn_in = 0.05, (0.5 if rotation_opt == "sgd" else 0.05), 2
+    p_np, x, ys, scales = _np_problem(7, spatial)
+    problem = _jax_problem(jnp.asarray(x, dtype), jnp.asarray(ys, dtype), jnp.asarray(scales, dtype))
+    batch = (jnp.asarray(x, dtype), jnp.asarray(ys, dtype))
+    factory = rotograd if variant == "rotograd" else rotate_only
+    optimizer = optax.sgd(lr_rot) if rotation_opt == "sgd" else optax.adam(lr_rot)
+    method = factory(latent_size=m, burn_in_period=burn_in, optimizer=optimizer, seed=5)
+    params = {k: jnp.asarray(v, dtype) for k, v in p_np.items()}
+    state = method.init(params, 2)
+    oracle = _NumpyRotoGrad(variant, np.asarray(state.base, np.float64), m, burn_in, rotation_opt, lr_rot)
+    step = jax.jit(lambda p, s: method.step(problem, p, s, batch, None))
+    for it in range(steps):
+        want = oracle.step(p_np, x, ys, scales)
+        out = step(params, state)
+        for key, value in want["grads"].items():
+            np.testing.assert_allclose(out.grads[key], value, rtol=rtol, atol=atol, err_msg=f"step {it} {key}")
+        np.testing.assert_allclose(out.task_losses, want["losses"], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out.metrics["grad_norms"], want["norms"], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out.metrics["task_weights"], want["weights"], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out.metrics["reference_cosine"], want["cosines"], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out.metrics["rotation_loss"], want["rotation_loss"], rtol=rtol, atol=atol)
+        state = out.state
+        np.testing.assert_allclose(state.learnable["skew"], oracle.X, rtol=rtol, atol=atol, err_msg=f"step {it}")
+        np.testing.assert_allclose(rotation_matrices(state), oracle.rotations(), rtol=rtol, atol=atol)
+        params = jax.tree.map(lambda a, gr: a - lr_model * gr, params, out.grads)
+        p_np = {k: v - lr_model * want["grads"][k] for k, v in p_np.items()}
+    return state, oracle
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("spatial,rotation_opt", [((), "sgd"), ((3, 2), "sgd"), ((), "adam"), ((3, 2), "adam")],
+                         ids=["vectors-sgd", "maps-sgd", "vectors-adam", "maps-adam"])
+def test_rotograd_matches_the_package_numpy_rederivation(spatial, rotation_opt, steps):
+    """One and five steps (burn-in at step 2) of RotoGrad against the NumPy re-derivation of the package:
+    the encoder / head gradients, n_k, the weights C / n_k, cos(g_k, r), the rotation loss, X_k and R_k.
+    Under SGD the old parametrisation (A - A^T, loss mean over positions) moved K 2/B (vectors) or 2/(H W)
+    (maps) times as far; under Adam 2x."""
+    state, oracle = _run_parity("rotograd", spatial, rotation_opt, steps)
+    assert np.max(np.abs(oracle.X)) > 1e-3  # the rotations moved
+    skew = np.asarray(state.learnable["skew"])
+    assert np.all(np.triu(skew) == 0)  # only the strict lower triangle is learnt
+
+
+def test_rotate_only_matches_the_package_numpy_rederivation():
+    _run_parity("rotate_only", (3, 2), "sgd", 3)
+
+
+def test_rotations_use_only_the_strict_lower_triangle():
+    params, problem, batch = make_toy(jax.random.key(0))
+    method = rotograd(latent_size=M)
+    state = method.init(params, 2)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=state.learnable["skew"].shape).astype(np.float32)
+    L = np.tril(X, -1).astype(np.float64)
+    expected = np.stack([b @ scipy.linalg.expm(lk - lk.T) for b, lk in zip(np.asarray(state.base, np.float64), L)])
+    got = rotation_matrices(state._replace(learnable={"skew": jnp.asarray(X)}))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
