@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from orthojax.methods import method_names
+from orthojax.methods.registry import close_method_names, method_names, normalize_name, resolve_method_name
 
-__all__ = ["build_parser", "parse_list", "parse_seeds"]
+__all__ = ["build_parser", "parse_list", "parse_method_name", "parse_rows", "parse_seeds", "resolve_row"]
 
 
 def parse_list(text: str) -> list[str]:
@@ -27,6 +27,77 @@ def parse_seeds(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"--seeds count must be >= 1; got {values[0]}")
         return list(range(values[0]))
     return values
+
+
+def _unknown_rows_message(names: Sequence[str], rows: Sequence[str]) -> str:
+    valid = sorted(set(rows) | set(method_names()))
+    parts = []
+    for name in names:
+        close = close_method_names(name, valid)
+        parts.append(f"{name!r} (did you mean {' or '.join(repr(c) for c in close)}?)" if close else repr(name))
+    return (f"unknown row{'s' if len(names) > 1 else ''} {', '.join(parts)}; valid rows: {', '.join(valid)} "
+            f"(case-insensitive; aliases such as EW, UW, STL, IMTL-G, Aligned-MTL are accepted)")
+
+
+def resolve_row(name: str, rows: Sequence[str]) -> str:
+    """The table row that ``name`` spells: one of the benchmark's ``rows`` or a registry method, matched
+    case-insensitively and with the field's usual spellings ("Equal", "EW", "IMTL-G", "STL", ...).
+
+    Raises:
+      KeyError: an unknown name; the message names the closest rows and lists the valid ones.
+    """
+    if name in rows:
+        return name
+    by_key = {normalize_name(r): r for r in rows}
+    if normalize_name(name) in by_key:
+        return by_key[normalize_name(name)]
+    try:
+        return resolve_method_name(name)
+    except KeyError:
+        raise KeyError(_unknown_rows_message([name], rows)) from None
+
+
+def parse_rows(text: str, rows: Sequence[str]) -> list[str]:
+    """``--methods``: "Equal, cosreg" -> ["equal", "cosreg"], every name checked (:func:`resolve_row`) before
+    anything runs.
+
+    Raises:
+      argparse.ArgumentTypeError: an empty list, unknown names (all of them, in one message) or a row given
+        twice.
+    """
+    items = parse_list(text)
+    if not items:
+        raise argparse.ArgumentTypeError("no rows given; e.g. --methods equal,cosreg")
+    resolved, unknown = [], []
+    for item in items:
+        try:
+            resolved.append(resolve_row(item, rows))
+        except KeyError:
+            unknown.append(item)
+    if unknown:
+        raise argparse.ArgumentTypeError(_unknown_rows_message(unknown, rows))
+    seen: dict[str, str] = {}
+    for item, row in zip(items, resolved):
+        if row in seen:
+            raise argparse.ArgumentTypeError(f"row {row!r} is given twice ({seen[row]!r} and {item!r})")
+        seen[row] = item
+    return resolved
+
+
+def parse_method_name(text: str) -> str:
+    """A registry method name in any accepted spelling, as its registry name (``--recon-base``)."""
+    try:
+        return resolve_method_name(text.strip())
+    except KeyError as error:
+        raise argparse.ArgumentTypeError(error.args[0]) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``prog: error: ...`` (exit status 2), without the
+    usage block that the experiments' many flags make long (``--help`` shows it)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,13 +121,12 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
       default_rows: the rows run when ``--methods`` is not given (the paper's table).
       default_alpha: the paper's CosReg alpha for this benchmark.
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=_HelpFormatter
-    )
+    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
     known = sorted(set(rows) | set(method_names()))
     parser.add_argument(
-        "--methods", type=parse_list, default=",".join(default_rows),
-        help=f"table rows to run (comma-separated); rows: {', '.join(known)}",
+        "--methods", type=lambda text: parse_rows(text, tuple(rows)), default=",".join(default_rows),
+        help=f"table rows to run (comma-separated; case-insensitive, and aliases such as EW, UW, STL, IMTL-G, "
+             f"Aligned-MTL are accepted); rows: {', '.join(known)}",
     )
     parser.add_argument("--seeds", type=parse_seeds, default=None,
                         help="a count N (seeds 0..N-1) or a list; default: the preset's")
@@ -82,7 +152,8 @@ def build_parser(prog: str, description: str, rows: Sequence[str], default_rows:
                         help="RotoGrad rotation learning rate (default: half the model's)")
     parser.add_argument("--recon-k", type=int, default=None, help="Recon: number of layers made task-specific")
     parser.add_argument("--recon-s", type=float, default=None, help="Recon: S-conflict threshold")
-    parser.add_argument("--recon-base", default="equal", help="Recon: the method that retrains the new network")
+    parser.add_argument("--recon-base", type=parse_method_name, default="equal",
+                        help="Recon: the method that retrains the new network")
     parser.add_argument("--recon-stage1-epochs", type=int, default=None,
                         help="Recon: epochs of the recording run (default: the preset's epochs)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")

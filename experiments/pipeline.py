@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -10,9 +11,10 @@ import jax
 
 from experiments.report import Column, summarize, write_plots, write_results
 from experiments.runner import Benchmark, Row, RunSettings, run_table
+from orthojax.methods.registry import method_names, resolve_method_name
 from orthojax.training import initialize_distributed
 
-__all__ = ["compilation_cache_dir", "default_workdir", "run_benchmark", "setup_runtime"]
+__all__ = ["check_rows", "compilation_cache_dir", "default_workdir", "run_benchmark", "setup_runtime"]
 
 
 def default_workdir(name: str, preset: str) -> str:
@@ -40,6 +42,40 @@ def setup_runtime(distributed: bool, compilation_cache: Optional[str] = None) ->
               file=sys.stderr)
 
 
+def check_rows(rows: Sequence[Row], settings: RunSettings) -> tuple[list, RunSettings]:
+    """All of ``rows`` checked before any of them trains: each row's method (and Recon's ``recon_base``)
+    resolved to its registry name (``"EW"`` -> ``"equal"``), the row keys distinct.
+
+    Returns:
+      ``(rows, settings)`` with the registry names filled in.
+
+    Raises:
+      KeyError: rows whose method is unknown (all of them, in one message, with the valid names).
+      ValueError: two rows with the same key (they would write the same run directories).
+    """
+    checked, unknown = [], []
+    for row in rows:
+        try:
+            checked.append(dataclasses.replace(row, method=resolve_method_name(row.method)))
+        except KeyError as error:
+            unknown.append((row, error.args[0]))
+    if unknown:
+        if len(unknown) == 1:
+            raise KeyError(f"row {unknown[0][0].key!r}: {unknown[0][1]}")
+        names = ", ".join(f"{row.key!r} (method {row.method!r})" for row, _ in unknown)
+        raise KeyError(f"unknown method in rows {names}; known methods: {', '.join(method_names())}")
+    keys = [row.key for row in checked]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"rows given more than once: {repeated}")
+    if any(row.method == "recon" for row in checked):
+        try:
+            settings = dataclasses.replace(settings, recon_base=resolve_method_name(settings.recon_base))
+        except KeyError as error:
+            raise KeyError(f"recon_base: {error.args[0]}") from None
+    return checked, settings
+
+
 def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, workdir: str, *, title: str,
                   columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], data_info: Mapping,
                   protocol: Mapping[str, Any], notes: Sequence[str] = (),
@@ -49,6 +85,7 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
     ``extra(row_results, summary) -> (sections, json)`` adds benchmark-specific sections (e.g. the
     field's nine NYUv2 metrics and Delta_m).
     """
+    rows, settings = check_rows(rows, settings)  # every row, before the first one trains
     os.makedirs(workdir, exist_ok=True)
     row_results = run_table(bench, settings, rows, workdir)
     summary = summarize(row_results, columns)

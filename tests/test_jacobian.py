@@ -132,3 +132,122 @@ def test_bad_path_raises_keyerror_naming_closest_paths():
     with pytest.raises(KeyError) as e:
         orthojax.task_gradients(fn, params, *args, wrt="encodr/dense2")
     assert "encoder/dense2" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Misconfiguration: a wrt that some task does not depend on; task losses that are not a (T,) vector
+# --------------------------------------------------------------------------------------------------------------
+
+import warnings  # noqa: E402
+
+from orthojax.jacobian import (  # noqa: E402
+    IndependentTaskWarning,
+    independent_tasks,
+    jaxpr_independent_tasks,
+)
+
+
+def test_wrt_on_one_task_head_warns_naming_the_other_tasks():
+    params, fn, args = make_mlp(10, n_tasks=3, dtype=np.float32)
+    with pytest.warns(IndependentTaskWarning, match=r"tasks \[0, 2\] \(of 3\).*wrt='heads/task1'") as record:
+        losses, grads = _tg(fn, params, *args, wrt="heads/task1")
+    assert len(record) == 1
+    assert "heads/task1/kernel" in str(record[0].message) and "jnp" not in str(record[0].message)
+    # the rows of the other tasks are exactly the zeros the warning announces
+    np.testing.assert_array_equal(np.asarray(grads["kernel"])[[0, 2]], 0.0)
+    assert np.abs(np.asarray(grads["kernel"][1])).sum() > 0
+
+
+def test_wrt_every_task_uses_does_not_warn():
+    params, fn, args = make_mlp(11, n_tasks=3, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IndependentTaskWarning)
+        for wrt in ("encoder/dense2", "encoder", "heads", None):
+            _tg(fn, params, *args, wrt=wrt)
+            assert independent_tasks(fn, params, *args, wrt=wrt) == ()
+
+
+def test_independent_tasks_is_abstract_and_warns_once_per_trace():
+    params, fn, args = make_mlp(12, n_tasks=3, dtype=np.float32)
+    # no concrete values: under eval_shape and vmap the answer is the same
+    seen = []
+    jax.eval_shape(lambda p: seen.append(independent_tasks(fn, p, *args, wrt="heads/task0")) or 0, params)
+    assert seen == [(1, 2)]
+    xs = jnp.stack([args[0]] * 2)
+    f = jax.jit(jax.vmap(lambda x: orthojax.task_gradients(fn, params, x, args[1], wrt="heads/task2")))
+    with pytest.warns(IndependentTaskWarning, match=r"tasks \[0, 1\]") as record:
+        f(xs)
+        f(xs)  # cached: no new trace, no new warning
+    assert len(record) == 1
+
+
+def test_dependency_check_adds_nothing_to_the_computation():
+    params, fn, args = make_mlp(13, n_tasks=3, dtype=np.float32)
+    checked = jax.make_jaxpr(lambda p: orthojax.task_jacobian(fn, p, *args, wrt="encoder/dense2")[:2])(params)
+    plain = jax.make_jaxpr(lambda p: orthojax.task_jacobian(fn, p, *args, wrt="encoder/dense2",
+                                                             check_dependence=False)[:2])(params)
+    assert str(checked) == str(plain)
+
+
+def test_dependency_pass_follows_stack_and_is_conservative():
+    w = {"a": jnp.ones(3), "b": jnp.ones(3), "c": jnp.ones(3)}
+
+    def per_task_forms(p):
+        a, b, c = p["a"].sum(), p["b"].sum(), p["c"].sum()
+        return jnp.stack([
+            jnp.array([a, b]).sum(),                       # jnp.array of tracers: concatenate of broadcasts
+            jnp.linalg.norm(jnp.stack([c, 2.0 * c])),      # inside a jit-wrapped jnp function
+            jax.lax.stop_gradient(a) + jnp.floor(0.0 * b).astype(jnp.int32),  # no gradient flows
+            jnp.concatenate([jnp.zeros(2), p["a"]])[:2].sum(),  # sliced to the constant part
+        ])
+
+    assert independent_tasks(per_task_forms, w, wrt="a") == (1, 2, 3)
+    assert independent_tasks(per_task_forms, w, wrt="c") == (0, 2, 3)
+    # a scatter is not followed element by element: no task is reported (never a false report)
+    assert independent_tasks(lambda p: jnp.zeros(2).at[0].set(p["a"].sum()).at[1].set(p["b"].sum()), w,
+                             wrt="a") == ()
+    # on a jaxpr directly, with the differentiated inputs marked
+    closed = jax.make_jaxpr(lambda a, b: jnp.stack([a.sum(), b.sum(), (a * b).sum()]))(jnp.ones(2), jnp.ones(2))
+    assert jaxpr_independent_tasks(closed) == ()
+    assert jaxpr_independent_tasks(closed, [True, False]) == (1,)
+    assert jaxpr_independent_tasks(closed, [False, False]) == (0, 1, 2)
+
+
+def test_predicate_wrt_is_named_in_the_warning():
+    params, fn, args = make_mlp(14, n_tasks=2, dtype=np.float32)
+
+    def first_head(path, leaf):
+        return path.startswith("heads/task0")
+
+    with pytest.warns(IndependentTaskWarning, match=r"task \[1\] \(of 2\).*first_head"):
+        _tg(fn, params, *args, wrt=first_head)
+
+
+@pytest.mark.parametrize("returns, has_aux, expected", [
+    (lambda l: (l[0], l[1], l[2]), False, r"returned a tuple of 3 scalars.*jnp\.stack\(\[loss_0"),
+    (lambda l: [l[0], l[1], l[2]], False, r"a list of 3 scalars.*has_aux=True"),
+    (lambda l: (l, {"aux": 1}), False, r"looks like \(losses, aux\): pass has_aux=True"),
+    (lambda l: ((l[0], l[1]), None), True, r"pair was a tuple of 2 scalars.*jnp\.stack"),
+    (lambda l: (l[0], l[1]), True, r"pair was a scalar.*jnp\.stack.*read as \(losses, aux\)"),
+    (lambda l: l, True, r"expects .* pair \(losses, aux\); it returned an array of shape \(3,\).*jnp\.stack"),
+    (lambda l: l.sum(), False, r"returned a scalar.*jnp\.stack"),
+])
+def test_losses_that_are_not_a_vector_say_what_was_returned(returns, has_aux, expected):
+    params, fn, args = make_mlp(15, n_tasks=3, dtype=np.float32)
+    with pytest.raises(ValueError, match=expected):
+        orthojax.task_gradients(lambda p, *a: returns(fn(p, *a)), params, *args, wrt="encoder", has_aux=has_aux)
+
+
+@pytest.mark.parametrize("returns, expected", [
+    (lambda l: (l[0], l[1], l[2]), r"it returned a tuple of 3 scalars.*jnp\.stack\(\[loss_0, loss_1, \.\.\.\]\), aux"),
+    (lambda l: ((l[0], l[1], l[2]), None), r"first item was a tuple of 3 scalars.*jnp\.stack"),
+    (lambda l: (l[0], l[1]), r"first item was a scalar.*read as \(losses, aux\).*jnp\.stack"),
+    (lambda l: l, r"it returned an array of shape \(3,\).*jnp\.stack"),
+])
+def test_problem_task_losses_that_are_not_a_pair_say_what_was_returned(returns, expected):
+    from orthojax.methods.base import MultiTaskProblem, task_losses_and_aux
+
+    params, fn, args = make_mlp(16, n_tasks=3, dtype=np.float32)
+    problem = MultiTaskProblem(task_losses=lambda p, batch, rng: returns(fn(p, *batch)), last_shared="encoder")
+    with pytest.raises(ValueError, match=expected):
+        task_losses_and_aux(problem, params, args, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +100,41 @@ def test_nnx_state_paths_and_predicates():
     with pytest.raises(KeyError) as e:
         orthojax.select_subtree(state, "encoder/dense3")
     assert "encoder/dense2" in str(e.value) or "encoder/dense1" in str(e.value)
+
+
+def _suggestions(params, wrt):
+    with pytest.raises(KeyError) as e:
+        orthojax.select_subtree(params, wrt)
+    message = str(e.value)
+    return message, ast.literal_eval(message[message.index("best first: ") + len("best first: "):].rstrip("\"'"))
+
+
+def _deep_params():
+    """A Flax-Linen-like tree: the conv layers deep under "params", many Dense layers at the top."""
+    layer = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    return {"params": {"backbone": {"stage_2": {"block_1": {"Conv_0": layer, "Conv_1": layer}}},
+                       **{f"Dense_{i}": layer for i in range(6)}}}
+
+
+@pytest.mark.parametrize("typed", ["params/Conv_1", "Conv_1", "conv_1", "block_1/conv_1", "params/conv1"])
+def test_missing_path_suggests_the_meant_layer_first(typed):
+    message, close = _suggestions(_deep_params(), typed)
+    assert close[0] == "params/backbone/stage_2/block_1/Conv_1", message
+    assert "did you mean 'params/backbone/stage_2/block_1/Conv_1'?" in message
+    # distinct layers, not the kernel and bias of the first
+    assert "params/backbone/stage_2/block_1/Conv_1/kernel" not in close
+
+
+@pytest.mark.parametrize("typed, best", [
+    ("encodr/conv2", "encoder/conv2"), ("decoder_sed", "decoder_seg"), ("ENCODER/CONV2", "encoder/conv2"),
+    ("encoder/conv2/kernal", "encoder/conv2/kernel"), ("seg/dense", "decoder_seg/dense"),
+])
+def test_missing_path_ranking_is_case_insensitive_and_component_wise(typed, best):
+    message, close = _suggestions(_params(), typed)
+    assert close[0] == best, message
+
+
+def test_missing_path_differing_only_in_case_says_paths_are_case_sensitive():
+    message, close = _suggestions(_params(), "Encoder/Conv2")
+    assert close[0] == "encoder/conv2"
+    assert "case-sensitive" in message and "did you mean 'encoder/conv2'?" in message

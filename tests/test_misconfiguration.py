@@ -1,0 +1,125 @@
+"""Silent misconfiguration: method names as the field spells them, and unknown names caught before training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from experiments import multidigit_mnist, nyuv2, pipeline
+from experiments.cli import build_parser, parse_rows, resolve_row
+from experiments.runner import Row, RunSettings
+from orthojax.methods import get_method, method_names
+from orthojax.methods.registry import close_method_names, resolve_method_name
+
+SPELLINGS = {
+    "equal": ["Equal", "EW", "ew", "equal_weight", "equal_weights", "Equal-Weighting", "EQUAL"],
+    "uncertainty": ["UW", "Uncertainty", "uncertainty_weighting", "Uncertainty Weighting"],
+    "single_task": ["STL", "single_task", "Single-Task", "singletask"],
+    "pcgrad": ["PCGrad", "PC-Grad"],
+    "mgda": ["MGDA"],
+    "imtl_g": ["IMTL-G", "IMTL_G", "imtlg", "IMTL G"],
+    "cagrad": ["CAGrad"],
+    "gradnorm": ["GradNorm", "grad_norm"],
+    "dwa": ["DWA"],
+    "famo": ["FAMO"],
+    "rotograd": ["RotoGrad"],
+    "rotograd_norm": ["RotoGrad-Norm"],
+    "aligned_mtl": ["Aligned-MTL", "AlignedMTL", "aligned_mtl"],
+    "upgrad": ["UPGrad"],
+    "dualproj": ["DualProj"],
+    "cosreg": ["CosReg", "COSREG", "cos_reg"],
+    "recon": ["Recon"],
+}
+
+
+@pytest.mark.parametrize("name, spellings", SPELLINGS.items(), ids=list(SPELLINGS))
+def test_registry_accepts_the_fields_spellings(name, spellings):
+    assert name in method_names()
+    for spelling in spellings:
+        assert resolve_method_name(spelling) == name, spelling
+
+
+def test_get_method_builds_from_any_spelling():
+    assert get_method("EW").name == "equal"
+    assert get_method("IMTL-G").name == "imtl_g"
+    assert get_method("CosReg", alpha=0.5).name == "cosreg"
+
+
+@pytest.mark.parametrize("typo, meant", [("pcgard", "pcgrad"), ("cosreq", "cosreg"), ("uncertainy", "uncertainty"),
+                                         ("equall", "equal")])
+def test_unknown_method_names_close_matches_and_all_valid_names(typo, meant):
+    with pytest.raises(KeyError, match="unknown method") as e:
+        get_method(typo)
+    message = str(e.value)
+    assert f"did you mean '{meant}'" in message
+    assert all(name in message for name in method_names())
+    assert close_method_names(typo)[0] == meant
+
+
+def _parser(module=multidigit_mnist):
+    rows = module.ROWS
+    defaults = getattr(module, "TABLE1_ROWS", None) or getattr(module, "TABLE2_ROWS")
+    return build_parser("python -m experiments.x", "x", rows, defaults, default_alpha=10.0)
+
+
+def test_methods_flag_resolves_spellings_to_rows():
+    args = _parser().parse_args(["--methods", "Equal,STL,CosReg_BN,IMTL-G,uw", "--recon-base", "CosReg"])
+    assert args.methods == ["equal", "single_task", "cosreg_bn", "imtl_g", "uncertainty"]
+    assert args.recon_base == "cosreg"
+    assert _parser().parse_args([]).methods == list(multidigit_mnist.TABLE1_ROWS)
+    assert resolve_row("BatchNorm", tuple(multidigit_mnist.ROWS)) == "batchnorm"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--methods", "equal,bogus"], "argument --methods: unknown row 'bogus'; valid rows: "),
+    (["--methods", "pcgard,nope"], "unknown rows 'pcgard' (did you mean 'pcgrad'?), 'nope'; valid rows: "),
+    (["--methods", "equal,EW"], "row 'equal' is given twice ('equal' and 'EW')"),
+    (["--methods", ","], "no rows given"),
+    (["--recon-base", "bogus"], "argument --recon-base: unknown method 'bogus'"),
+])
+def test_bad_methods_flag_is_a_one_line_argparse_error(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m experiments.x: error: "), err
+    assert expected in err
+    if "valid rows" in expected:
+        assert "dropout" in err and "cosreg_bn" in err and "aligned_mtl" in err
+
+
+@pytest.mark.parametrize("experiment", [multidigit_mnist, nyuv2], ids=["multidigit", "nyuv2"])
+def test_unknown_row_fails_before_anything_loads_or_trains(experiment, monkeypatch, capsys, tmp_path):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "run_table", must_not_run)
+    monkeypatch.setattr(experiment, "setup_runtime", must_not_run)
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.main(["--methods", "equal,bogus", "--max-steps", "1", "--workdir", str(tmp_path / "w"),
+                         "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "unknown row 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_benchmark_checks_every_row_before_the_first_trains(monkeypatch, tmp_path):
+    monkeypatch.setattr(pipeline, "run_table", lambda *a, **k: pytest.fail("training started"))
+    settings = RunSettings(epochs=1, batch_size=2, learning_rate=1e-3, seeds=(0,))
+    rows = [Row("equal", "Equal", "equal"), Row("bogus", "Bogus", "bogus")]
+    with pytest.raises(KeyError, match=r"row 'bogus': unknown method 'bogus'"):
+        pipeline.run_benchmark(None, rows, settings, str(tmp_path / "w"), title="t", columns=(), paper={},
+                               data_info={}, protocol={})
+    assert not (tmp_path / "w").exists()
+    checked, checked_settings = pipeline.check_rows(
+        [Row("ew", "EW", "EW"), Row("recon", "Recon", "Recon")], dataclasses.replace(settings, recon_base="UW"))
+    assert [r.method for r in checked] == ["equal", "recon"] and checked_settings.recon_base == "uncertainty"
+    with pytest.raises(ValueError, match="more than once"):
+        pipeline.check_rows([Row("equal", "a", "equal"), Row("equal", "b", "EW")], settings)
+    with pytest.raises(KeyError, match="recon_base: unknown method"):
+        pipeline.check_rows([Row("recon", "Recon", "recon")], dataclasses.replace(settings, recon_base="nope"))
+
+
+def test_parse_rows_is_usable_alone():
+    assert parse_rows("Equal cosreg", ("equal", "dropout")) == ["equal", "cosreg"]
