@@ -106,3 +106,135 @@ def test_weights_balance_the_gradient_norms():
     big = int(np.argmax(first))  # the task with the larger gradient ends with the smaller weight
     assert state.weights[big] < state.weights[1 - big]
     np.testing.assert_allclose(np.sum(state.weights), 2.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# NumPy float64 oracle (hand-derived gradients), dtype and scale safety
+# --------------------------------------------------------------------------------------------------------------
+
+Y = np.array([[1.0, -1.0, 0.5], [0.2, 0.3, -0.7]])
+PARAMS = {"W1": np.array([[0.4, -0.2], [0.1, 0.3]]), "W2": np.array([[0.5, 0.1], [-0.3, 0.8]]),
+          "a": np.array([[1.0, 0.5], [-0.4, 0.9]])}
+
+
+def _np_losses_and_grads(p, scale):
+    """L_t = scale_t mean_i (z_i a_t - y_ti)^2, z = tanh(X W1) W2, and its gradients, in NumPy float64."""
+    h = np.tanh(X @ p["W1"])
+    z = h @ p["W2"]
+    losses, grads = [], []
+    for t in range(2):
+        e = z @ p["a"][t] - Y[t]
+        losses.append(scale[t] * np.mean(e ** 2))
+        dz = scale[t] * 2.0 / len(e) * np.outer(e, p["a"][t])
+        da = np.zeros_like(p["a"])
+        da[t] = z.T @ (scale[t] * 2.0 / len(e) * e)
+        grads.append({"W1": X.T @ ((dz @ p["W2"].T) * (1 - h ** 2)), "W2": h.T @ dz, "a": da})
+    return np.array(losses), grads
+
+
+def _scaled_problem():
+    """The problem above with the task scales read from the batch (one compilation for every scale)."""
+
+    def task_losses(p, batch, rng):
+        z = jnp.tanh(X @ p["encoder"]["layer1"]["kernel"]) @ p["encoder"]["layer2"]["kernel"]
+        losses = [jnp.mean((z @ p["heads"]["a"][t] - Y[t]) ** 2) for t in range(2)]
+        return jnp.stack(losses) * batch, None
+
+    return MultiTaskProblem(task_losses, last_shared="encoder/layer2", shared="encoder")
+
+
+def _jax_params(dtype):
+    return {"encoder": {"layer1": {"kernel": jnp.asarray(PARAMS["W1"], dtype)},
+                        "layer2": {"kernel": jnp.asarray(PARAMS["W2"], dtype)}},
+            "heads": {"a": jnp.asarray(PARAMS["a"], dtype)}}
+
+
+def _np_gradnorm_step(w, L0, scale, alpha, update):
+    """One GradNorm step on PARAMS (W = layer2) in NumPy float64; ``update(grad) -> step`` is the optimiser."""
+    L, grads = _np_losses_and_grads(PARAMS, scale)
+    L0 = L if L0 is None else L0
+    n = np.array([np.linalg.norm(g["W2"]) for g in grads])
+    G = w * n
+    r = (L / L0) / np.mean(L / L0)
+    target = np.mean(G) * r ** alpha
+    new_w = np.maximum(w + update(np.sign(G - target) * n), 1e-6)
+    return dict(losses=L, grads=grads, norms=G, loss=np.sum(np.abs(G - target)), weights=2 * new_w / new_w.sum())
+
+
+SIGN_SGD = 0.05
+
+
+def _sign_sgd():
+    return optax.chain(optax.scale_by_sign(), optax.scale(-SIGN_SGD))
+
+
+SCALES = [1e-30, 1e-25, 1e-20, 1e-15, 1e-10, 1.0, 1e10, 1e15, 1e20, 1e25, 1e30]
+
+
+def test_gradient_norms_are_scale_safe_in_float32():
+    """Every task loss times c, c from 1e-30 to 1e30, float32: the norms G_t are c times the NumPy float64
+    ones (no flush to zero near 1e-20, no overflow near 1e20), the model gradient is c times, and the weights
+    after a step of a scale-invariant optimiser (sign SGD) are those of c = 1: GradNorm's weights are
+    invariant to a common rescaling of the task gradients. Everything stays finite."""
+    problem, params = _scaled_problem(), _jax_params(jnp.float32)
+    method = gradnorm(alpha=1.5, optimizer=_sign_sgd())
+    step = jax.jit(lambda s, c: method.step(problem, params, s, c, None))
+    state = method.init(params, 2)
+    w_at_1 = _np_gradnorm_step(np.ones(2), None, np.ones(2), 1.5, lambda g: -SIGN_SGD * np.sign(g))["weights"]
+    assert not np.allclose(w_at_1, 1.0)  # the weights move
+    for c in SCALES:
+        scale = np.array([c, c])
+        want = _np_gradnorm_step(np.ones(2), None, scale, 1.5, lambda g: -SIGN_SGD * np.sign(g))
+        out = step(state, jnp.asarray(scale, jnp.float32))
+        np.testing.assert_allclose(out.metrics["grad_norms"], want["norms"], rtol=1e-5, err_msg=f"c={c}")
+        np.testing.assert_allclose(out.metrics["gradnorm_loss"], want["loss"], rtol=1e-4, err_msg=f"c={c}")
+        np.testing.assert_allclose(out.state.weights, w_at_1, rtol=1e-6, err_msg=f"c={c}")
+        g = want["grads"][0]["W2"] + want["grads"][1]["W2"]
+        np.testing.assert_allclose(out.grads["encoder"]["layer2"]["kernel"], g, rtol=1e-5, err_msg=f"c={c}")
+        for leaf in jax.tree.leaves((out.grads, out.state, out.metrics, out.loss)):
+            assert np.all(np.isfinite(leaf)), c
+
+
+def test_default_adam_stays_finite_at_every_scale():
+    """With the default Adam the weights stay finite for every c (an update whose optimiser state overflows,
+    Adam's second moment beyond ~1e19 in float32, is skipped: the previous weights and state are kept)."""
+    problem, params = _scaled_problem(), _jax_params(jnp.float32)
+    method = gradnorm(alpha=1.5, learning_rate=0.05)
+    step = jax.jit(lambda s, c: method.step(problem, params, s, c, None))
+    for c in SCALES:
+        state = method.init(params, 2)
+        for _ in range(2):
+            out = step(state, jnp.asarray([c, 3 * c], jnp.float32))
+            state = out.state
+            for leaf in jax.tree.leaves((out.grads, out.state, out.metrics, out.loss)):
+                assert np.all(np.isfinite(leaf)), c
+        np.testing.assert_allclose(np.sum(state.weights), 2.0, rtol=1e-6)
+        if 1e-5 <= c <= 1e15:  # Adam is invariant here (eps negligible, no overflow): the weights moved alike
+            assert not np.allclose(state.weights, 1.0), c
+
+
+def test_two_steps_match_numpy_in_float64_and_state_is_float64():
+    """Under x64 with float64 parameters the state is float64 and two steps agree with NumPy to 1e-12."""
+    with jax.enable_x64(True):
+        problem, params = _scaled_problem(), _jax_params(jnp.float64)
+        lr = 0.05
+        method = gradnorm(alpha=1.5, on="last_shared", optimizer=optax.sgd(lr))
+        state = method.init(params, 2)
+        for leaf in jax.tree.leaves(state):
+            assert leaf.dtype in (jnp.float64, jnp.int32), leaf.dtype
+        scale = np.array([1.0, 2.5])
+        out = method.step(problem, params, state, jnp.asarray(scale), None)
+        want = _np_gradnorm_step(np.ones(2), None, scale, 1.5, lambda g: -lr * g)
+        assert out.state.weights.dtype == jnp.float64 and out.state.initial_losses.dtype == jnp.float64
+        np.testing.assert_allclose(out.metrics["grad_norms"], want["norms"], rtol=1e-12)
+        np.testing.assert_allclose(out.state.weights, want["weights"], rtol=1e-12)
+        np.testing.assert_allclose(out.state.initial_losses, want["losses"], rtol=1e-12)
+        # second step at the same parameters: L / L0 = 1, weights from step 1
+        out2 = method.step(problem, params, out.state, jnp.asarray(scale), None)
+        L, grads = _np_losses_and_grads(PARAMS, scale)
+        n = np.array([np.linalg.norm(g["W2"]) for g in grads])
+        G = want["weights"] * n
+        w2 = np.maximum(want["weights"] - lr * np.sign(G - np.mean(G)) * n, 1e-6)
+        np.testing.assert_allclose(out2.metrics["grad_norms"], G, rtol=1e-12)
+        np.testing.assert_allclose(out2.state.weights, 2 * w2 / w2.sum(), rtol=1e-12)
+        assert out2.grads["encoder"]["layer2"]["kernel"].dtype == jnp.float64
