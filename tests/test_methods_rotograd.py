@@ -240,18 +240,21 @@ def _np_problem(seed, spatial, d_in=2, d=4, batch=5, scales=(1.0, 4.0)):
 
 
 def _jax_problem(x, ys, scales):
+    """The JAX twin of :func:`_np_problem`; with ``scales=None`` the batch is (x, ys, scales)."""
+
     def encode(p, batch, rng):
-        x, _ = batch
+        x = batch[0]
         h = jnp.tanh(x @ p["W1"] + p["b1"])
         z = jnp.tanh(h @ p["W2"] + p["b2"])
         return (z, z), None
 
     def decode(p, zs, extras, batch, rng):
-        _, ys = batch
+        ys = batch[1]
+        c = batch[2] if scales is None else scales
         out = []
         for k in range(2):
             pred = zs[k].reshape(zs[k].shape[0], -1) @ p["a"][k] + p["c"][k]
-            out.append(scales[k] * jnp.mean((pred - ys[k]) ** 2))
+            out.append(c[k] * jnp.mean((pred - ys[k]) ** 2))
         return jnp.stack(out), None
 
     def task_losses(p, batch, rng):
@@ -319,6 +322,8 @@ class _NumpyRotoGrad:
         self.count += 1
         if self.opt == "sgd":
             self.X = self.X - self.lr * grad_X
+        elif self.opt == "sign":
+            self.X = self.X - self.lr * np.sign(grad_X)
         else:  # optax.adam defaults
             self.mu = 0.9 * self.mu + 0.1 * grad_X
             self.nu = 0.999 * self.nu + 0.001 * grad_X ** 2
@@ -403,3 +408,114 @@ def test_rotations_use_only_the_strict_lower_triangle():
     expected = np.stack([b @ scipy.linalg.expm(lk - lk.T) for b, lk in zip(np.asarray(state.base, np.float64), L)])
     got = rotation_matrices(state._replace(learnable={"skew": jnp.asarray(X)}))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scale safety (float32) and float64 states
+# --------------------------------------------------------------------------------------------------------------
+
+SCALES = [1e-30, 1e-25, 1e-20, 1e-15, 1e-10, 1.0, 1e10, 1e15, 1e20, 1e25, 1e30]
+SIGN_LR = 0.05
+
+
+def _scale_setup(spatial=()):
+    p_np, x, ys, base_scales = _np_problem(7, spatial)
+    problem = _jax_problem(None, None, None)  # scales from the batch: one compilation for every c
+    method = rotograd(latent_size=3, burn_in_period=2, seed=5,
+                      optimizer=optax.chain(optax.scale_by_sign(), optax.scale(-SIGN_LR)))
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in p_np.items()}
+    state = method.init(params, 2)
+    step = jax.jit(lambda s, c: method.step(problem, params, s, (jnp.asarray(x, jnp.float32),
+                                                                  jnp.asarray(ys, jnp.float32), c), None))
+    return p_np, x, ys, base_scales, state, step
+
+
+def _assert_finite(out, c, skip=("rotation_loss",)):
+    metrics = {k: v for k, v in out.metrics.items() if k not in skip}
+    for leaf in jax.tree.leaves((out.grads, out.state, metrics, out.loss, out.task_losses)):
+        assert np.all(np.isfinite(leaf)), c
+
+
+@pytest.mark.parametrize("spatial", [(), (3, 2)], ids=["vectors", "maps"])
+def test_rotograd_is_scale_safe_in_float32(spatial):
+    """Every task loss times c, c from 1e-30 to 1e30, float32, against the NumPy float64 oracle at the same c:
+    n_k (c times), the weights C / n_k and cos(g_k, r) (both invariant), the model gradient (c times); no
+    norm flushes to zero near 1e-20 or overflows near 1e20, and everything stays finite. The rotation loss
+    grows like c^2: where c^2 times it is a float32 number, the rotation step (sign SGD, invariant) equals
+    the oracle's; beyond, the update is skipped (rotations unchanged) and the reported loss is inf."""
+    p_np, x, ys, base_scales, state, step = _scale_setup(spatial)
+    base = np.asarray(state.base, np.float64)
+    for c in SCALES:
+        oracle = _NumpyRotoGrad("rotograd", base, 3, 2, "sign", SIGN_LR)
+        want = oracle.step(p_np, x, ys, base_scales * c)
+        out = step(state, jnp.asarray(base_scales * c, jnp.float32))
+        msg = f"c={c}"
+        np.testing.assert_allclose(out.metrics["grad_norms"], want["norms"], rtol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(out.metrics["task_weights"], want["weights"], rtol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(out.metrics["reference_cosine"], want["cosines"], rtol=1e-4, atol=1e-6, err_msg=msg)
+        for key, value in want["grads"].items():
+            np.testing.assert_allclose(out.grads[key], value, rtol=2e-4, atol=1e-6 * c, err_msg=f"{msg} {key}")
+        _assert_finite(out, c)
+        if 1e-15 <= c <= 1e15:
+            np.testing.assert_allclose(out.metrics["rotation_loss"], want["rotation_loss"], rtol=1e-4, err_msg=msg)
+        if c >= 1e-15:  # the signs survive even where c^2 x the gradient overflows to inf
+            np.testing.assert_allclose(out.state.learnable["skew"], oracle.X, rtol=1e-6, atol=1e-7, err_msg=msg)
+        if c >= 1e25:
+            assert np.all(np.isinf(out.metrics["rotation_loss"]))  # c^2 x the loss is beyond float32
+
+
+def test_rotation_update_that_overflows_is_skipped():
+    """Adam on a rotation gradient beyond float32 (c = 1e25): the update would be NaN; it is skipped, the
+    rotations and the optimiser state are kept, and the encoder still gets its finite gradient."""
+    p_np, x, ys, base_scales = _np_problem(7, ())
+    problem = _jax_problem(None, None, None)
+    method = rotograd(latent_size=3, learning_rate=0.05, seed=5)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in p_np.items()}
+    state = method.init(params, 2)
+    step = jax.jit(lambda s, c: method.step(problem, params, s, (jnp.asarray(x, jnp.float32),
+                                                                  jnp.asarray(ys, jnp.float32), c), None))
+    out = step(state, jnp.asarray(base_scales * 1e25, jnp.float32))
+    _assert_finite(out, 1e25)
+    for new, old in zip(jax.tree.leaves((out.state.learnable, out.state.opt_state)),
+                        jax.tree.leaves((state.learnable, state.opt_state))):
+        np.testing.assert_array_equal(new, old)
+    assert int(out.state.count) == 1
+    moved = step(state, jnp.asarray(base_scales, jnp.float32)).state.learnable["skew"]
+    assert np.max(np.abs(moved)) > 0.01  # at c = 1 the same step moves the rotations
+
+
+def test_one_task_rescaled_keeps_the_reference_direction():
+    """Only task 1's loss times c: r's direction, hence cos(g_k, r), is unchanged for every c, and the
+    first step's weights C / n_k (alpha = 1/2) follow the oracle; everything finite."""
+    p_np, x, ys, base_scales, state, step = _scale_setup()
+    base = np.asarray(state.base, np.float64)
+    cos_at_1 = _NumpyRotoGrad("rotograd", base, 3, 2, "sign", SIGN_LR).step(p_np, x, ys, base_scales)["cosines"]
+    for c in SCALES:
+        scales = base_scales * np.array([1.0, c])
+        want = _NumpyRotoGrad("rotograd", base, 3, 2, "sign", SIGN_LR).step(p_np, x, ys, scales)
+        out = step(state, jnp.asarray(scales, jnp.float32))
+        np.testing.assert_allclose(out.metrics["reference_cosine"], cos_at_1, rtol=1e-4, atol=1e-6, err_msg=f"c={c}")
+        np.testing.assert_allclose(out.metrics["task_weights"], want["weights"], rtol=1e-4, err_msg=f"c={c}")
+        np.testing.assert_allclose(out.metrics["grad_norms"], want["norms"], rtol=1e-4, err_msg=f"c={c}")
+        _assert_finite(out, c)
+
+
+@pytest.mark.parametrize("variant", ["rotograd", "rotate_only"])
+def test_float64_state_and_steps_match_numpy_to_1e9(variant):
+    """Under x64 with float64 parameters every floating leaf of the state is float64 (the initial norms
+    included) and five steps agree with the NumPy float64 re-derivation to ~1e-9."""
+    with jax.enable_x64(True):
+        state, oracle = _run_parity(variant, (3, 2), "adam", 5, dtype=np.float64, rtol=1e-9, atol=1e-12)
+        for leaf in jax.tree.leaves(state):
+            assert leaf.dtype in (jnp.float64, jnp.int32), leaf.dtype
+
+
+def test_rotograd_norm_state_follows_float64():
+    with jax.enable_x64(True):
+        params, problem, batch = make_toy(jax.random.key(0), dtype=jnp.float64)
+        method = rotograd_norm(latent_size=M)
+        state = method.init(params, 2)
+        out = jax.jit(lambda p, s: method.step(problem, p, s, batch, None))(params, state)
+        for tree in (state, out.state):
+            for leaf in jax.tree.leaves(tree):
+                assert leaf.dtype in (jnp.float64, jnp.int32), leaf.dtype
