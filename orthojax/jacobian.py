@@ -48,11 +48,11 @@ class IndependentTaskWarning(UserWarning):
 def describe_value(x: Any) -> str:
     """A short description of ``x`` for error messages: "a tuple of 2 scalars", "an array of shape (4, 2)"."""
     if isinstance(x, (tuple, list)):
-        kind = type(x).__name__
-        if x and all(jnp.ndim(v) == 0 for v in x if _is_arraylike(v)) and all(_is_arraylike(v) for v in x):
-            return f"a {kind} of {len(x)} scalar{'s' if len(x) != 1 else ''}"
-        inner = ", ".join(_short(v) for v in x[:4]) + (", ..." if len(x) > 4 else "")
-        return f"a {kind} of {len(x)} item{'s' if len(x) != 1 else ''} ({inner})"
+        kind, n = type(x).__name__, len(x)
+        if n and all(_is_arraylike(v) and jnp.ndim(v) == 0 for v in x):
+            return f"a {kind} of {n} scalar{'s' if n != 1 else ''}"
+        inner = ", ".join(_short(v) for v in x[:4]) + (", ..." if n > 4 else "")
+        return f"a {kind} of {n} item{'s' if n != 1 else ''} ({inner})"
     return _short(x, article=True)
 
 
@@ -85,24 +85,23 @@ def _split_aux(out: Any, has_aux: bool) -> tuple[jax.Array, Any]:
 
 def _check_losses(losses: Any, has_aux: bool = False) -> None:
     """Raises a ValueError saying what ``task_losses_fn`` returned unless ``losses`` is a (T,) vector."""
-    if getattr(losses, "ndim", None) == 1 and not isinstance(losses, (tuple, list)):
+    sequence = isinstance(losses, (tuple, list))
+    if getattr(losses, "ndim", None) == 1 and not sequence:
         return
     stack = "`jnp.stack([loss_0, loss_1, ...])`"
-    pair = isinstance(losses, (tuple, list))
+    or_aux = "(or, if it returns (losses, aux), pass has_aux=True)"
+    got = f"it returned {describe_value(losses)}"
     if has_aux:
         got = f"the first item of its (losses, aux) pair was {describe_value(losses)}"
-        fix = f"return `jnp.stack([loss_0, loss_1, ...]), aux`"
-        if not pair and getattr(losses, "ndim", None) == 0:
+        fix = "return `jnp.stack([loss_0, loss_1, ...]), aux`"
+        if not sequence and getattr(losses, "ndim", None) == 0:
             fix += " (with has_aux=True a pair of scalars (loss_0, loss_1) is read as (losses, aux))"
-    elif pair and len(losses) == 2 and getattr(losses[0], "ndim", None) == 1:
-        got = f"it returned {describe_value(losses)}"
+    elif sequence and len(losses) == 2 and getattr(losses[0], "ndim", None) == 1:
         fix = "that looks like (losses, aux): pass has_aux=True"
-    elif pair:
-        got = f"it returned {describe_value(losses)}"
-        fix = f"stack them, `return {stack[1:-1]}` (or, if it returns (losses, aux), pass has_aux=True)"
+    elif sequence:
+        fix = f"stack them, return {stack} {or_aux}"
     else:
-        got = f"it returned {describe_value(losses)}"
-        fix = f"return one (T,) vector, e.g. {stack} (or, if it returns (losses, aux), pass has_aux=True)"
+        fix = f"return one (T,) vector, e.g. {stack} {or_aux}"
     raise ValueError(f"task_losses_fn must return the T task losses as one vector of shape (T,); {got}: {fix}")
 
 
