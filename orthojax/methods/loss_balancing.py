@@ -2,6 +2,7 @@
 
 Both differentiate sum_t w_t L_t with weights w computed from the history of the task losses alone (no
 per-task gradients: the cost of one backward pass). The weights are held constant (``stop_gradient``).
+The states are in the parameters' floating dtype, promoted to at least float32 (float64 under x64).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import optax
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.gradnorm import copy_leaves, param_dtype
 
 PyTree = Any
 
@@ -96,8 +98,7 @@ def dwa(temperature: float = 2.0, period: int = 1) -> Method:
     def init(params: PyTree, num_tasks: int) -> DWAState:
         if num_tasks < 1:
             raise ValueError(f"dwa needs at least one task; got {num_tasks}")
-        leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
-        dtype = jnp.result_type(leaves[0]) if leaves else jnp.float32
+        dtype = param_dtype(params)
         # one array per field: a state whose fields share a buffer cannot be donated to a compiled step
         return DWAState(
             running_sum=jnp.zeros((num_tasks,), dtype),
@@ -195,10 +196,10 @@ def famo(w_lr: float = 0.025, gamma: float = 0.01, min_losses: Any = 0.0, eps: f
             raise ValueError(f"famo needs at least one task; got {num_tasks}")
         if min_arr.ndim == 1 and min_arr.shape[0] != num_tasks:
             raise ValueError(f"famo: got {min_arr.shape[0]} min_losses for {num_tasks} tasks")
-        leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
-        dtype = jnp.result_type(leaves[0]) if leaves else jnp.float32
+        dtype = param_dtype(params)
         logits = jnp.zeros((num_tasks,), dtype)
-        return FAMOState(logits, optimizer.init(logits), jnp.zeros((num_tasks,), dtype), jnp.zeros((), bool))
+        return FAMOState(logits, copy_leaves(optimizer.init(logits)), jnp.zeros((num_tasks,), dtype),
+                         jnp.zeros((), bool))
 
     def step(problem: MultiTaskProblem, params: PyTree, state: FAMOState, batch: Any, rng: jax.Array) -> MethodStep:
         losses, pullback, aux = jax.vjp(
