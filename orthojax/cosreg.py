@@ -239,7 +239,7 @@ def loss_with_cosreg(
         terms = _reference_terms(task_losses_fn, params, args, wrt, has_aux, axis_name)
     else:
         terms = second_order.generic_objective(
-            task_losses_fn, make_selection(params, wrt), args,
+            task_losses_fn, make_selection(params, wrt), args, wrt=wrt,
             penalty_fn=_penalty_and_cosine, has_aux=has_aux, axis_name=axis_name,
         )
     return _total(terms, alpha, weights, scale_alpha_by_loss, axis_name)
@@ -290,7 +290,7 @@ def loss_with_cosreg_split(
     """
     _check_alpha(alpha)
     terms = second_order.split_objective(
-        encode_fn, decode_fn, params, make_selection(params, wrt), args,
+        encode_fn, decode_fn, params, make_selection(params, wrt), args, wrt=wrt,
         penalty_fn=_penalty_and_cosine, has_aux=has_aux, axis_name=axis_name,
     )
     return _total(terms, alpha, weights, scale_alpha_by_loss, axis_name)

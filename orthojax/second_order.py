@@ -44,8 +44,17 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from orthojax.jacobian import _check_losses, _make_varying, _split_aux, _varying_axes
-from orthojax.select import Selection
+from orthojax.jacobian import (
+    _CONCRETE_VALUE_ERRORS,
+    _check_losses,
+    _make_varying,
+    _split_aux,
+    _trace_once,
+    _varying_axes,
+    jaxpr_independent_tasks,
+    warn_independent_tasks,
+)
+from orthojax.select import Selection, Selector, leaf_paths
 
 PyTree = Any
 
@@ -98,11 +107,26 @@ def _surrogate(tangent_terms: jax.Array, scale: jax.Array) -> jax.Array:
     return directional - jax.lax.stop_gradient(directional)
 
 
+def _checked_forward(losses_of_selected: Callable, selected: list, selection: Selection, wrt: Selector):
+    """``losses_of_selected`` traced once; warns when a task's loss does not depend on the selection."""
+    try:
+        closed, forward = _trace_once(losses_of_selected, selected)
+    except _CONCRETE_VALUE_ERRORS:  # Python control flow on concrete values (outside jit)
+        return losses_of_selected
+    tasks = jaxpr_independent_tasks(closed)
+    if tasks:
+        paths = leaf_paths(selection.treedef.unflatten(selection.leaves))
+        warn_independent_tasks(tasks, wrt, closed.jaxpr.outvars[0].aval.shape[0],
+                               [paths[i] for i in selection.indices], stacklevel=4)
+    return forward
+
+
 def generic_objective(
     task_losses_fn: Callable[..., Any],
     selection: Selection,
     args: Sequence[Any],
     *,
+    wrt: Selector,
     penalty_fn: Callable[[list], tuple[jax.Array, jax.Array]],
     has_aux: bool,
     axis_name: Any,
@@ -113,6 +137,7 @@ def generic_objective(
       task_losses_fn: ``fn(params, *args) -> losses`` (or ``(losses, aux)`` with ``has_aux``).
       selection: the parameters with the selected layer W (:func:`orthojax.select.make_selection`).
       args: the further arguments of ``task_losses_fn``.
+      wrt: the selector that made ``selection`` (named in the warning for tasks that do not depend on it).
       penalty_fn: ``jacobian_leaves -> (P, cosine)``; differentiated w.r.t. the leaves.
       has_aux: whether ``task_losses_fn`` returns ``(losses, aux)``.
       axis_name: mapped data axis (``pmap`` / ``shard_map``); task gradients are averaged over it.
@@ -121,11 +146,12 @@ def generic_objective(
 
     def losses_of_selected(selected: list):
         losses, aux = _split_aux(task_losses_fn(selection.merge(selected), *args), has_aux)
-        _check_losses(losses)
+        _check_losses(losses, has_aux)
         return losses, aux
 
     selected = _as_varying(list(selection.selected), axes)
-    losses, linear, aux = jax.linearize(losses_of_selected, selected, has_aux=True)
+    forward = _checked_forward(losses_of_selected, selected, selection, wrt)
+    losses, linear, aux = jax.linearize(forward, selected, has_aux=True)
     num_tasks = losses.shape[0]
     transpose = jax.linear_transpose(linear, selected)
     basis_axes = _varying_axes(losses)
@@ -143,6 +169,7 @@ def split_objective(
     selection: Selection,
     args: Sequence[Any],
     *,
+    wrt: Selector,
     penalty_fn: Callable[[list], tuple[jax.Array, jax.Array]],
     has_aux: bool,
     axis_name: Any,
@@ -157,7 +184,7 @@ def split_objective(
       decode_fn: ``decode_fn(params, zs, extras, *args) -> losses`` (T,) (or ``(losses, aux)``), where
         L_t depends on the selected layer only through ``zs[t]``.
       params: the full parameters (the decoders' and the encoder's); ``selection`` is made from them.
-      selection, args, penalty_fn, has_aux, axis_name: as in :func:`generic_objective`.
+      selection, args, wrt, penalty_fn, has_aux, axis_name: as in :func:`generic_objective`.
 
     Raises:
       ValueError: ``zs`` does not hold one array per task.
@@ -168,12 +195,19 @@ def split_objective(
         zs, extras = encode_fn(selection.merge(selected), *args)
         return tuple(zs), extras
 
+    def losses_of_selected(selected: list):  # the whole model, for the dependence check only
+        zs, extras = encode_selected(selected)
+        losses, aux = _split_aux(decode_fn(selection.merge(selected), zs, extras, *args), has_aux)
+        _check_losses(losses, has_aux)
+        return losses, aux
+
     selected = _as_varying(list(selection.selected), axes)
+    _checked_forward(losses_of_selected, selected, selection, wrt)
     zs, encode_linear, extras = jax.linearize(encode_selected, selected, has_aux=True)
 
     def decode_zs(representations: tuple):
         losses, aux = _split_aux(decode_fn(params, representations, extras, *args), has_aux)
-        _check_losses(losses)
+        _check_losses(losses, has_aux)
         return losses, aux
 
     losses, decode_linear, aux = jax.linearize(decode_zs, zs, has_aux=True)

@@ -189,3 +189,26 @@ def test_bad_input_is_named():
         orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/dense2", alpha=-1.0)
     with pytest.raises(KeyError):
         orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/nope", alpha=1.0)
+
+
+def test_a_task_that_does_not_use_wrt_is_warned_about_by_every_implementation():
+    from orthojax.jacobian import IndependentTaskWarning
+
+    params, fn, args = make_mlp(0, n_tasks=2, dtype=np.float32)
+    encode, decode = fn.split
+
+    def detached_decode(p, zs, extras, x, ys):  # task 1 reads its head only, never the encoder
+        losses = decode(p, zs, extras, x, ys)
+        return jnp.stack([losses[0], jnp.sum(p["heads"]["task1"]["kernel"] ** 2)])
+
+    detached = lambda p, *a: detached_decode(p, *encode(p, *a), *a)
+    kw = dict(wrt="encoder/dense2", alpha=1.0)
+    calls = {
+        "fast": lambda: orthojax.loss_with_cosreg(detached, params, *args, **kw),
+        "reference": lambda: orthojax.loss_with_cosreg(detached, params, *args, implementation="reference", **kw),
+        "split": lambda: orthojax.loss_with_cosreg_split(encode, detached_decode, params, *args, **kw),
+    }
+    for name, call in calls.items():
+        with pytest.warns(IndependentTaskWarning, match=r"task \[1\]"):
+            total, _ = jax.jit(call)()
+        assert np.isfinite(float(total)), name
