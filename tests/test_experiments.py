@@ -159,10 +159,13 @@ def test_sunrgbd_on_reorganised_layout_from_data_dir(tmp_path):
         assert results["rows"][0]["columns"][key]["mean"] >= 0.0
 
 
-def test_unknown_method_is_a_clear_error(tmp_path):
-    with pytest.raises(KeyError, match="unknown method"):
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         multidigit_mnist.main(["--methods", "nope", "--max-steps", "1", "--workdir", str(tmp_path / "x"),
                                "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "unknown row 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_compilation_cache_dir_flag_then_environment_then_default(monkeypatch, tmp_path):
