@@ -26,6 +26,13 @@ from test_methods_common import make_toy
 M = 3  # rotate the first 3 of the toy's 4 channels: the pass-through path is exercised too
 
 
+@pytest.fixture(autouse=True)
+def _full_precision_float32_matmuls():
+    """The oracles are float64 / explicit; on GPUs XLA's default float32 matmuls use TF32 (~1e-3 relative)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _rot(z, r):
     m = r.shape[-1]
     return jnp.concatenate([z[..., :m] @ r.T, z[..., m:]], axis=-1)
