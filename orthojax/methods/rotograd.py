@@ -35,10 +35,12 @@ norms are computed on vectors rescaled by a power of two and floored at the dtyp
 (the package: 1e-15), so n_k, r, the weights and the cosines are correct for representation gradients from
 about 1e-30 to 1e30 in float32 (the package's floor changes the result once a norm drops below ~1e-13). The
 rotation loss and its gradient are computed on r and h_k divided by a common power of two and multiplied
-back, so they are exact wherever the true value is representable. An update of the learnable parameters
-whose result is not finite (the rotation gradient grows like the square of the representation gradients and
-overflows float32 beyond ~1e19; Adam's second moment likewise) is skipped: the rotations, weights and their
-optimiser state are kept. The floating state follows the parameters' dtype (float64 under x64).
+back, so they are exact wherever the true value is representable; both grow like the square of the
+representation gradients and saturate to +-inf beyond float32's range (gradients beyond ~1e19): the
+"rotation_loss" metric then reads inf. An update of the learnable parameters whose result is not finite
+(SGD or Adam on such a gradient; Adam's second moment overflowing) is skipped: the rotations, weights and
+their optimiser state are kept (a sign-based optimiser still moves correctly). The floating state follows
+the parameters' dtype (float64 under x64).
 """
 
 from __future__ import annotations
