@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def groups(quick: bool, paper_segnet: bool, method_names: list[str]) -> list[Gro
     if paper_segnet:
         for b in (2, 8):
             out.append(Group(f"segnet paper batch={b}", "segnet", b, 3,
-                             ("equal", "cosreg", "torch equal", "torch cosreg"), rounds=3,
+                             ("equal", "cosreg", "torch equal", "torch cosreg"), rounds=5,
                              width=1.0, image_size=320, output_size=80))
     return out
 
@@ -179,9 +180,10 @@ def _torch_step(group: Group, row: str, batch: dict) -> tuple[Callable[[], None]
     else:
         heads = [("seg", 14), ("depth", 1), ("normal", 3)] + [("depth", 1)] * (group.num_tasks - 3)
         model, weight, losses = tr.make_segnet(heads, group.width, group.output_size)
-    model.train()
+    on = tr.device()
+    model.to(on).train()
     step = tr.make_step(model, weight, losses, alpha=10.0 if row == "torch cosreg" else None)
-    torch_batch = tr.to_torch(batch)
+    torch_batch = tr.to_torch(batch, on)
     t0 = time.perf_counter()
     step(torch_batch)
     compile_s = time.perf_counter() - t0
@@ -191,13 +193,13 @@ def _torch_step(group: Group, row: str, batch: dict) -> tuple[Callable[[], None]
 # ------------------------------------------------------------------------------------------------ one process
 
 
-def _time_group(group: Group, torch_ok: bool, log) -> dict:
+def _time_group(group: Group, torch_ok: bool, log, keep_rows: frozenset = frozenset()) -> dict:
     import numpy as np
 
     setup = _jax_setup(group)
     runners, results = {}, {}
     for row in group.rows:
-        if row.startswith("torch") and not torch_ok:
+        if (row.startswith("torch") and not torch_ok) or (keep_rows and row not in keep_rows):
             continue
         try:
             if row.startswith("torch"):
@@ -242,6 +244,7 @@ def _environment(threads: str) -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except ImportError:
         info["torch"] = None
     return info
@@ -266,7 +269,8 @@ def child(args) -> None:
         if args.only and not any(s in group.name for s in args.only.split(",")):
             continue
         log(f"[{args.threads}] {group.name}")
-        out["groups"].append({**dataclasses.asdict(group), "results": _time_group(group, torch_ok, log)})
+        keep = frozenset(r.strip() for r in args.rows.split(",") if r.strip())
+        out["groups"].append({**dataclasses.asdict(group), "results": _time_group(group, torch_ok, log, keep)})
     with open(args.child_out, "w") as f:
         json.dump(out, f, indent=1)
 
@@ -279,6 +283,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="include paper-size SegNet (320x320 -> 80x80, width 1) in the full grid")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows even if torch is installed")
     parser.add_argument("--only", default="", help="comma-separated substrings of group names to run")
+    parser.add_argument("--rows", default="", help="comma-separated rows to keep (default: every row of a group)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/suite[-quick].json)")
     parser.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md and the plots")
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -303,11 +308,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         cmd += [] if args.paper_segnet else ["--no-paper-segnet"]
         cmd += ["--no-torch"] if args.no_torch else []
         cmd += ["--only", args.only] if args.only else []
+        cmd += ["--rows", args.rows] if args.rows else []
         subprocess.run(cmd, env=env, check=True, cwd=os.path.dirname(here))
         with open(path) as f:
             runs.append(json.load(f))
         os.unlink(path)
-    command = "python -m benchmarks.suite " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.suite " + shlex.join(argv if argv is not None else sys.argv[1:])
     document = {"command": command.strip(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "runs": runs}
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as f:

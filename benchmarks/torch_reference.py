@@ -14,7 +14,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["available", "make_cnn", "make_segnet", "make_step", "to_torch"]
+__all__ = ["available", "device", "make_cnn", "make_segnet", "make_step", "to_torch"]
+
+
+def device() -> str:
+    """"cuda" when PyTorch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def available() -> bool:
@@ -145,7 +152,10 @@ def make_segnet(heads: Sequence[tuple[str, int]], width: float, output_size: int
 
 
 def make_step(model, weight, losses_fn: Callable, *, alpha: float | None, learning_rate: float = 1e-3):
-    """One Adam step; ``alpha=None``: sum of task losses; else CosReg by double backward on ``weight``."""
+    """One Adam step; ``alpha=None``: sum of task losses; else CosReg by double backward on ``weight``.
+
+    The model must already be on its device; the step returns the total as a float (a device sync).
+    """
     import torch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -159,7 +169,8 @@ def make_step(model, weight, losses_fn: Callable, *, alpha: float | None, learni
             u = g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
             cosine = u @ u.T
             t = len(losses)
-            total = total + alpha * ((cosine - torch.eye(t)) ** 2).sum() / (t * (t - 1))
+            eye = torch.eye(t, device=cosine.device, dtype=cosine.dtype)
+            total = total + alpha * ((cosine - eye) ** 2).sum() / (t * (t - 1))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -168,8 +179,8 @@ def make_step(model, weight, losses_fn: Callable, *, alpha: float | None, learni
     return step
 
 
-def to_torch(batch: dict) -> dict:
-    """NHWC NumPy batch -> NCHW torch tensors (labels as int64)."""
+def to_torch(batch: dict, on: str = "cpu") -> dict:
+    """NHWC NumPy batch -> NCHW torch tensors on device ``on`` (labels as int64)."""
     import torch
 
     out = {}
@@ -178,5 +189,5 @@ def to_torch(batch: dict) -> dict:
         if value.ndim == 4:
             value = np.ascontiguousarray(value.transpose(0, 3, 1, 2))
         tensor = torch.from_numpy(value)
-        out[key] = tensor.long() if value.dtype.kind == "i" else tensor
+        out[key] = (tensor.long() if value.dtype.kind == "i" else tensor).to(on)
     return out

@@ -30,11 +30,13 @@ def _document():
 
 def test_report_ratios_slope_and_failed_rows():
     text = report.markdown(_document())
-    assert "| CosReg / equal, CNN paper config (target <= 1.8) | 1.50 |" in text
-    assert "| JAX CosReg / PyTorch CosReg, CNN (target <= 1) | 0.75 |" in text
-    assert "| JAX equal / PyTorch equal, CNN (target <= 1.1) | 1.25 |" in text
-    assert "| CosReg / equal, SegNet 3 heads (target <= 2.3) | 1.50 |" in text
-    assert "cosreg: cost per extra task, CNN batch 64 (linear fit over T) | 5.0 ms/task (intercept 5.0 ms)" in text
+    assert "| CosReg / equal (target: CNN <= 1.8, SegNet 3 heads <= 2.3) | cnn paper config | 1.50 |" in text
+    assert "| JAX CosReg / PyTorch CosReg (target <= 1) | cnn paper config | 0.75 |" in text
+    assert "| JAX equal / PyTorch equal (target <= 1.1) | cnn paper config | 1.25 |" in text
+    assert "| CosReg / equal (target: CNN <= 1.8, SegNet 3 heads <= 2.3) | segnet quick | 1.50 |" in text
+    assert "| JAX CosReg / PyTorch CosReg (target <= 1) | segnet quick | 0.50 |" in text
+    assert "cnn T=3" not in text.split("**cnn paper config**")[0]  # ratios only for T = 2 (CNN) / 3 (SegNet)
+    assert "cosreg: cost per extra task, CNN batch 64 (linear fit over T) | cnn T=2..8 | 5.0 ms/task" in text
     assert "failed: ValueError: boom" in text
 
 
