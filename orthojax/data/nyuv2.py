@@ -134,7 +134,10 @@ def check_mtan_item(item: dict[str, np.ndarray], paths: dict[str, Path], num_cla
     hw = image.shape[:2]
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255
-    out = {"image": image.astype(np.float32)}
+    image = image.astype(np.float32)
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{paths['image']}: contains NaN or infinite values")
+    out = {"image": image}
     expected = {"label": (hw, hw), "depth": (hw + (1,), hw), "normal": (hw + (3,), hw + (3,))}
     for key in ("label", "depth", "normal"):
         if key not in item:
@@ -270,6 +273,8 @@ def _read_normal(normals_dir: Path, split: str, pos: int, frame: int) -> np.ndar
     n = load_npy(path).astype(np.float32)
     if n.ndim != 3 or n.shape[-1] != 3:
         raise ValueError(f"{path}: expected normals (H, W, 3), got {n.shape}")
+    if not np.all(np.isfinite(n)):
+        raise ValueError(f"{path}: contains NaN or infinite values")
     return n
 
 
@@ -320,6 +325,9 @@ def read_nyuv2_mat(mat_path: str | os.PathLike, splits_path: str | os.PathLike, 
                 raw = {"image": np.asarray(images[frame]).transpose(2, 1, 0).astype(np.float32) / 255,
                        "label": to13[lab] - 1,
                        "depth": np.asarray(depths[frame]).T.astype(np.float32)[..., None]}
+                for key in ("image", "depth"):
+                    if not np.all(np.isfinite(raw[key])):
+                        raise ValueError(f"{mat_path}: the {key} of frame {frame} contains NaN or infinite values")
                 if normals_dir is not None:
                     raw["normal"] = _read_normal(Path(normals_dir), split, pos, int(frame))  # own resolution is fine
                 items.append(apply_protocol(raw, protocol, image_size, target_size))
