@@ -15,12 +15,43 @@ A typical experiment::
     )
 """
 
-from orthojax.training.checkpoint import Checkpointer, abstract_like
+from orthojax.training.checkpoint import (
+    LOCK_FILE,
+    MANIFEST,
+    CheckpointError,
+    Checkpointer,
+    CheckpointsMissingError,
+    ConfigChangedError,
+    Restored,
+    RunExistsError,
+    WorkdirError,
+    WorkdirLock,
+    WorkdirLocked,
+    abstract_like,
+    checkpoint_steps,
+    verify_checkpoint,
+)
 from orthojax.training.evaluate import EvalMetrics, make_eval_step
 from orthojax.training.guard import NonFiniteError, all_finite, check_streak, keep_if_finite
 from orthojax.training.history import History, epoch_means
-from orthojax.training.logging import MetricWriter, epoch_summary, to_jsonable, write_config
-from orthojax.training.loop import TrainConfig, TrainResult, train_and_evaluate
+from orthojax.training.logging import (
+    MetricWriter,
+    config_changes,
+    epoch_summary,
+    read_config,
+    scan_metrics,
+    to_jsonable,
+    write_config,
+)
+from orthojax.training.loop import (
+    RESUMABLE_CHANGES,
+    StopRequest,
+    TrainConfig,
+    TrainResult,
+    check_workdir,
+    stop_requested,
+    train_and_evaluate,
+)
 from orthojax.training.seeds import run_keys, vmap_eval_step, vmap_init, vmap_train_step
 from orthojax.training.sharding import (
     DATA_AXIS,
@@ -38,21 +69,36 @@ from orthojax.training.state import TrainState, init_train_state, model_variable
 from orthojax.training.step import make_problem, make_train_step
 
 __all__ = [
+    "CheckpointError",
     "Checkpointer",
+    "CheckpointsMissingError",
+    "ConfigChangedError",
     "DATA_AXIS",
     "EvalMetrics",
     "History",
+    "LOCK_FILE",
+    "MANIFEST",
     "MetricWriter",
     "NonFiniteError",
+    "RESUMABLE_CHANGES",
+    "Restored",
+    "RunExistsError",
+    "StopRequest",
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "WorkdirError",
+    "WorkdirLock",
+    "WorkdirLocked",
     "abstract_like",
     "all_finite",
     "batch_sharding",
     "check_batch_size",
     "check_streak",
+    "check_workdir",
+    "checkpoint_steps",
     "compile_train_step",
+    "config_changes",
     "epoch_means",
     "epoch_summary",
     "init_sharded",
@@ -65,15 +111,19 @@ __all__ = [
     "make_train_step",
     "model_variables",
     "num_model_tasks",
+    "read_config",
     "replicated",
     "run_once",
     "run_keys",
+    "scan_metrics",
     "shard_batch",
     "step_key",
+    "stop_requested",
     "to_jsonable",
     "train_and_evaluate",
     "vmap_eval_step",
     "vmap_init",
+    "verify_checkpoint",
     "vmap_train_step",
     "write_config",
 ]

@@ -23,7 +23,7 @@ class History:
         "task_losses", "cosine" (T, T), "grad_norm", ..., with a leading seed axis when vmapped).
       epochs: one dict per finished epoch: "epoch", "step", "train" (means over the epoch), "eval"
         (finalized metrics, or one dict of per-seed lists), "images_per_sec".
-      nonfinite_steps: steps whose loss or gradient was not finite (skipped).
+      nonfinite_steps: steps whose loss or gradient was not finite (skipped), for any seed.
       status: "running", "completed", "interrupted" (signal) or "nonfinite" (stopped by the guard).
     """
 
@@ -57,12 +57,22 @@ class History:
             status=self.status,
         )
 
+    def skipped_steps(self, num_seeds: int = 1) -> list[int]:
+        """Per seed, how many steps the non-finite guard skipped (from each step's "finite" flag)."""
+        counts = np.zeros((num_seeds,), np.int64)
+        for record in self.train:
+            finite = np.asarray(record.get("finite", True), dtype=bool).reshape(-1)
+            if finite.size not in (1, num_seeds):
+                raise ValueError(f"step {record.get('step')}: {finite.size} 'finite' flags for {num_seeds} seeds")
+            counts += np.broadcast_to(~finite, (num_seeds,))
+        return counts.tolist()
+
     def metric(self, name: str) -> np.ndarray:
         """One step metric stacked over steps, e.g. ``history.metric("cosine")`` -> (steps, T, T)."""
         return np.asarray([r[name] for r in self.train if name in r])
 
 
-_NOT_AVERAGED = ("step", "epoch", "finite")
+_NOT_AVERAGED = ("step", "epoch", "finite", "nonfinite_streak")
 
 
 def epoch_means(records: list) -> dict:

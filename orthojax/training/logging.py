@@ -1,16 +1,20 @@
-"""Run outputs: ``config.json``, ``metrics.jsonl`` (one JSON record per train step / evaluation) and
-TensorBoard event files, plus the one-line epoch summary."""
+"""Run outputs: ``config.json``, ``metrics.jsonl`` (one JSON record per train step / evaluation /
+completed checkpoint) and TensorBoard event files, plus the one-line epoch summary; and the reading side
+that a resumed run checks: the saved config against the new one (:func:`config_changes`) and what
+``metrics.jsonl`` says happened (:func:`scan_metrics`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Optional
+import tempfile
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["MetricWriter", "epoch_summary", "to_jsonable", "write_config"]
+__all__ = ["MetricWriter", "config_changes", "epoch_summary", "read_config", "scan_metrics", "to_jsonable",
+           "write_config"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -33,13 +37,93 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_config(workdir: str | os.PathLike, config: Mapping[str, Any]) -> str:
-    """Writes ``<workdir>/config.json`` (sorted keys) and returns its path."""
+    """Writes ``<workdir>/config.json`` (sorted keys; atomically) and returns its path."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".config-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
         json.dump(to_jsonable(dict(config)), f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(tmp, path)
     return path
+
+
+def read_config(workdir: str | os.PathLike) -> Optional[dict]:
+    """``<workdir>/config.json`` (None if missing).
+
+    Raises:
+      ValueError: an unreadable file (named).
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _flatten(value: Any, prefix: str, out: dict) -> dict:
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists, NumPy scalars as numbers)."""
+    return json.loads(json.dumps(to_jsonable(value)))
+
+
+def config_changes(saved: Mapping[str, Any], new: Mapping[str, Any],
+                   may_change: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The settings that differ between a saved ``config.json`` and a new one, as ``(dotted name, saved
+    value, new value)`` (a value missing on one side is ``"<missing>"``), leaving out the names in
+    ``may_change`` (and everything under them)."""
+    a = _flatten(_normal(dict(saved)), "", {})
+    b = _flatten(_normal(dict(new)), "", {})
+    allowed = tuple(may_change)
+
+    def ignored(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in allowed)
+
+    out = []
+    for name in sorted(set(a) | set(b)):
+        if ignored(name):
+            continue
+        va, vb = a.get(name, "<missing>"), b.get(name, "<missing>")
+        if va != vb:
+            out.append((name, va, vb))
+    return out
+
+
+def scan_metrics(workdir: str | os.PathLike) -> dict:
+    """What ``<workdir>/metrics.jsonl`` records: "exists", "train_steps" (the last train step logged, 0
+    for none), "checkpoints" (steps of the checkpoints logged as completed) and "records" (lines read;
+    torn lines are skipped)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    out = {"exists": os.path.exists(path), "train_steps": 0, "checkpoints": [], "records": 0}
+    if not out["exists"]:
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                step = int(record.get("step", 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            out["records"] += 1
+            if record.get("kind") == "train":
+                out["train_steps"] = max(out["train_steps"], step)
+            elif record.get("kind") == "checkpoint":
+                out["checkpoints"].append(step)
+    return out
 
 
 def _scalars(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
@@ -55,8 +139,8 @@ def _scalars(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
 class MetricWriter:
     """Appends records to ``<workdir>/metrics.jsonl`` and TensorBoard events under ``<workdir>/tb``.
 
-    Every record has "kind" ("train" or "eval") and "step". A writer with ``enabled=False`` (processes
-    other than 0) writes nothing.
+    Every record has "kind" ("train", "epoch" or "checkpoint") and "step". A writer with ``enabled=False``
+    (processes other than 0) writes nothing.
 
     Args:
       workdir: the run directory.
@@ -102,12 +186,15 @@ class MetricWriter:
             for line in f:
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                    record_step = int(record.get("step", 0))
+                except (ValueError, TypeError, AttributeError):
                     continue
-                if int(record.get("step", 0)) <= step:
+                if record_step <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        with open(self.path, "w") as f:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".metrics-")
+        with os.fdopen(fd, "w") as f:
             f.writelines(kept)
+        os.replace(tmp, self.path)
         self._file = open(self.path, "a")
 
     def flush(self) -> None:

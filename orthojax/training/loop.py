@@ -6,6 +6,12 @@ epoch end, at the end and on SIGTERM / SIGINT; resume from the workdir; the non-
 order must be a pure function of (epoch, step) (e.g. :func:`orthojax.data.loader.iterate_batches`), and
 every step's key is ``fold_in(base key, step)``: a run killed at any point and resumed from its last
 checkpoint ends with the same parameters, bit for bit, as an uninterrupted run.
+
+Before it writes anything a run takes the workdir's lock (one run per workdir) and checks the workdir
+(:func:`check_workdir`): an earlier run there is resumed only when asked, and only with the settings it
+was started with (up to harmless ones: :data:`RESUMABLE_CHANGES`). Checkpoints are verified on restore
+(a damaged one is reported and skipped for the previous intact one), and the non-finite limit is applied
+inside the compiled step, so a run stops exactly at the step that reaches it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
+import sys
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,11 +35,16 @@ from tqdm.auto import tqdm
 
 from orthojax.methods.base import Method
 from orthojax.select import Selector
-from orthojax.training.checkpoint import Checkpointer, abstract_like
+from orthojax.training.checkpoint import (
+    Checkpointer, CheckpointsMissingError, ConfigChangedError, RunExistsError, WorkdirLock, abstract_like,
+    checkpoint_steps,
+)
 from orthojax.training.evaluate import EvalMetrics, make_eval_step
 from orthojax.training.guard import NonFiniteError, check_streak
 from orthojax.training.history import History, epoch_means
-from orthojax.training.logging import MetricWriter, epoch_summary, to_jsonable, write_config
+from orthojax.training.logging import (
+    MetricWriter, config_changes, epoch_summary, read_config, scan_metrics, to_jsonable, write_config,
+)
 from orthojax.training.seeds import run_keys, vmap_eval_step, vmap_init, vmap_train_step
 from orthojax.training.sharding import compile_train_step, make_mesh, replicated, run_once, shard_batch
 from orthojax.training.state import TrainState, init_train_state
@@ -40,7 +52,15 @@ from orthojax.training.step import make_train_step
 
 Batch = Mapping[str, Any]
 
-__all__ = ["TrainConfig", "TrainResult", "train_and_evaluate"]
+__all__ = [
+    "RESUMABLE_CHANGES", "StopRequest", "TrainConfig", "TrainResult", "check_workdir", "stop_requested",
+    "train_and_evaluate",
+]
+
+RESUMABLE_CHANGES = ("train.progress", "train.tensorboard", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.async_checkpoint", "train.resume", "train.max_steps")
+"""The settings (in ``config.json``'s names) that a resumed run may change: they change neither the
+trained parameters nor the logged metrics. ``max_steps`` may not go below the step the run reached."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +85,7 @@ class TrainConfig:
         :func:`orthojax.training.make_train_step`). 1: every step, the paper's protocol.
       progress: show a tqdm progress bar and the epoch summaries.
       tensorboard: write TensorBoard event files.
-      max_steps: stop after this many steps in total (None: ``num_epochs`` full epochs).
+      max_steps: stop after this many steps in total, >= 1 (None: ``num_epochs`` full epochs).
     """
 
     num_epochs: int = 1
@@ -91,6 +111,13 @@ class TrainConfig:
         for name in ("checkpoint_every", "max_nonfinite", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0; got {getattr(self, name)}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps < 1):
+            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None; got {self.max_steps}")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The steps this run takes: ``num_epochs`` epochs, at most ``max_steps``."""
+        total = self.num_epochs * steps_per_epoch
+        return total if self.max_steps is None else min(total, self.max_steps)
 
 
 class TrainResult(NamedTuple):
@@ -100,21 +127,35 @@ class TrainResult(NamedTuple):
     history: History
 
 
-class _StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (main thread only); a second
-    signal raises KeyboardInterrupt."""
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag (``signum``) that the loop checks before each step (main thread
+    only); a second signal raises KeyboardInterrupt.
+
+    Nested: entered while another StopRequest is installed (e.g. one around a whole table of runs), it
+    shares that one's flag, so a signal stops the current run and tells the caller to start no other.
+    """
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self._signum: Optional[int] = None
+        self._outer: Optional["StopRequest"] = None
         self._previous: dict = {}
 
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
+    @property
+    def signum(self) -> Optional[int]:
+        """The signal received (None: none yet)."""
+        return self._outer.signum if self._outer is not None else self._signum
 
-    def __enter__(self) -> "_StopRequest":
+    def _handle(self, signum, frame):
+        if self._signum is not None:
+            raise KeyboardInterrupt
+        self._signum = signum
+
+    def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
+            outer = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+            if isinstance(outer, StopRequest):
+                self._outer = outer
+                return self
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -122,6 +163,108 @@ class _StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+
+
+_StopRequest = StopRequest  # the former private name
+
+
+def stop_requested() -> Optional[int]:
+    """The signal that the installed :class:`StopRequest` received (None: none, or none installed)."""
+    handler = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return handler.signum if isinstance(handler, StopRequest) else None
+
+
+def _halt_at_limit(train_step: Callable, limit: int) -> Callable:
+    """``train_step`` that leaves the whole state unchanged (step counter included) once any seed's
+    ``nonfinite_streak`` has reached ``limit``, and reports the streak after each step as the metric
+    "nonfinite_streak": the device may run ahead of the host, but the state stops exactly at the step
+    that reached the limit."""
+
+    def step(state: TrainState, batch):
+        new_state, metrics = train_step(state, batch)
+        halted = jnp.any(state.nonfinite_streak >= limit)
+        new_state = jax.tree.map(lambda new, old: jnp.where(halted, old, new), new_state, state)
+        return new_state, dict(metrics, nonfinite_streak=new_state.nonfinite_streak)
+
+    return step
+
+
+def _config_record(config: "TrainConfig", run_config: Optional[Mapping[str, Any]]) -> dict:
+    return {"train": dataclasses.asdict(config), **dict(run_config or {})}
+
+
+def check_workdir(config: "TrainConfig", workdir: str | os.PathLike, *, steps_per_epoch: int,
+                  run_config: Optional[Mapping[str, Any]] = None, may_change: Sequence[str] = (),
+                  check_lock: bool = True, compare_config: bool = True) -> Optional[int]:
+    """What :func:`train_and_evaluate` checks before it writes anything in ``workdir``; changes nothing.
+
+    Args:
+      config, steps_per_epoch, run_config: as for :func:`train_and_evaluate`.
+      may_change: names in ``config.json`` (dotted, e.g. "settings.progress") that may differ on resume
+        besides :data:`RESUMABLE_CHANGES`.
+      check_lock: also check that no other live run holds the workdir.
+      compare_config: compare ``run_config`` and ``config`` with the saved ``config.json`` on resume.
+
+    Returns:
+      The newest checkpoint's step (None: the run starts from step 0).
+
+    Raises:
+      WorkdirLocked: another live run holds the workdir.
+      RunExistsError: checkpoints, or logged steps, of an earlier run and ``config.resume`` is False.
+      ConfigChangedError: ``config.resume`` with settings that change the run (each one named: saved ->
+        new), or a ``max_steps`` below the step the run has reached.
+      CheckpointsMissingError: ``config.resume`` where ``metrics.jsonl`` logs checkpoints but none is
+        left.
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    if check_lock:
+        WorkdirLock(workdir).check()
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = checkpoint_steps(checkpoints)
+    logged = scan_metrics(workdir)
+    if not config.resume:
+        if steps:
+            raise RunExistsError(
+                f"{checkpoints} already holds checkpoint {steps[-1]}; resume it (--resume) or use a new workdir "
+                f"(nothing in {workdir} was changed)"
+            )
+        if logged["train_steps"]:
+            raise RunExistsError(
+                f"{workdir} holds the metrics.jsonl of an earlier run (up to step {logged['train_steps']}) and no "
+                f"checkpoint; use a new workdir, or "
+                + ("remove it to start over (its checkpoints are gone)" if logged["checkpoints"] else
+                   "resume it (--resume), which starts it again from step 0 (it stopped before its first "
+                   "checkpoint)")
+            )
+        return None
+    if steps or logged["train_steps"]:
+        saved = read_config(workdir)
+        if saved is not None and compare_config:
+            changes = config_changes(saved, _config_record(config, run_config),
+                                     tuple(RESUMABLE_CHANGES) + tuple(may_change))
+            if changes:
+                listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes)
+                raise ConfigChangedError(
+                    f"{workdir}: --resume with settings that change this run ({listed}). Only progress bars, "
+                    f"TensorBoard, checkpoint cadence and a --max-steps beyond the step reached may change on "
+                    f"resume; rerun with the saved settings (config.json) or use a new workdir"
+                )
+    if steps:
+        total = config.total_steps(steps_per_epoch)
+        if total < steps[-1]:
+            raise ConfigChangedError(
+                f"{workdir}: --resume with max_steps {config.max_steps} (a run of {total} steps), below step "
+                f"{steps[-1]} that this run already reached; give --max-steps {steps[-1]} or more"
+            )
+        return steps[-1]
+    if logged["checkpoints"]:
+        raise CheckpointsMissingError(
+            f"{workdir}: metrics.jsonl logs checkpoints up to step {max(logged['checkpoints'])}, but {checkpoints} "
+            f"holds none (removed?), so --resume cannot continue this run; restore them, or start over in a new "
+            f"workdir (or after removing {workdir})"
+        )
+    return None
 
 
 def _host_records(pending: list) -> list:
@@ -172,13 +315,14 @@ def train_and_evaluate(
     mesh: Optional[Mesh] = None,
     run_config: Optional[Mapping[str, Any]] = None,
     init_variables: Optional[Callable[[dict], dict]] = None,
+    may_change: Sequence[str] = (),
 ) -> TrainResult:
     """Trains, evaluates, checkpoints and logs one run (or S vmapped seeds) in ``workdir``.
 
     Args:
       config: loop settings.
       workdir: run directory: ``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoints/``,
-        ``history.json``.
+        ``history.json`` and, while the run runs, ``run.lock``.
       model: Flax Linen module (``__call__(x, train)`` -> tuple of T outputs; BatchNorm in
         "batch_stats", dropout on the "dropout" RNG).
       task_losses: ``fn(outputs, batch) -> (T,)`` losses.
@@ -192,30 +336,57 @@ def train_and_evaluate(
       eval_batches: ``fn() -> iterator`` of evaluation batches (this process's slices).
       eval_metrics: accumulator for evaluation (required with ``eval_batches``).
       mesh: the data mesh (default: every device).
-      run_config: the experiment's settings, written to ``config.json`` with ``config``.
+      run_config: the experiment's settings, written to ``config.json`` with ``config``; a resumed run
+        must give the same (see :func:`check_workdir`).
       init_variables: ``fn(variables) -> variables`` applied (on the host, per seed) to a fresh run's
         initial ``{"params", "batch_stats"}``, e.g. to load pretrained encoder weights; the optimiser
         state is re-initialised from the result. Not applied when resuming.
+      may_change: names in ``config.json`` (e.g. "settings.progress") that may differ on resume besides
+        :data:`RESUMABLE_CHANGES`.
 
     Returns:
       :class:`TrainResult` (final state, history). ``history.status`` is "interrupted" after SIGTERM /
       SIGINT (a checkpoint was written first).
 
     Raises:
-      NonFiniteError: ``max_nonfinite`` consecutive non-finite steps (a checkpoint of the last finite
-        parameters was written first).
-      FileExistsError: the workdir has checkpoints and ``config.resume`` is False.
+      NonFiniteError: ``max_nonfinite`` consecutive non-finite steps (a checkpoint of the state at the
+        step that reached the limit, whose parameters are the last finite ones, was written first).
+      WorkdirError: raised before anything in the workdir is written: another live run holds it
+        (WorkdirLocked); it holds an earlier run and ``config.resume`` is False (RunExistsError, also a
+        FileExistsError); a resume with changed settings (ConfigChangedError) or whose checkpoints are
+        gone (CheckpointsMissingError) or all damaged (CheckpointError).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}")
     if (eval_batches is None) != (eval_metrics is None):
         raise ValueError("eval_batches and eval_metrics go together")
     workdir = os.fspath(workdir)
-    mesh = make_mesh() if mesh is None else mesh
     primary = jax.process_index() == 0
+    lock = WorkdirLock(workdir) if primary else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train_and_evaluate(
+            config, workdir, primary=primary, model=model, task_losses=task_losses, method=method,
+            optimizer=optimizer, train_batches=train_batches, steps_per_epoch=steps_per_epoch,
+            sample_batch=sample_batch, last_shared=last_shared, shared=shared, input_key=input_key,
+            eval_batches=eval_batches, eval_metrics=eval_metrics, mesh=mesh, run_config=run_config,
+            init_variables=init_variables, may_change=may_change,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config, workdir, *, primary, model, task_losses, method, optimizer, train_batches,
+                        steps_per_epoch, sample_batch, last_shared, shared, input_key, eval_batches,
+                        eval_metrics, mesh, run_config, init_variables, may_change) -> TrainResult:
+    # Nothing is written before these checks pass (the lock file aside).
+    latest = check_workdir(config, workdir, steps_per_epoch=steps_per_epoch, run_config=run_config,
+                           may_change=may_change, check_lock=False)
+    restart = config.resume and latest is None and scan_metrics(workdir)["train_steps"] > 0
+    mesh = make_mesh() if mesh is None else mesh
     num_seeds = config.num_seeds
-    if primary:
-        write_config(workdir, {"train": dataclasses.asdict(config), **dict(run_config or {})})
 
     # State: shapes first, then a restore or a replicated init.
     init = vmap_init(
@@ -228,37 +399,65 @@ def train_and_evaluate(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.keep_checkpoints, async_save=config.async_checkpoint,
     )
-    writer = MetricWriter(workdir, tensorboard=config.tensorboard, enabled=primary)
-    latest = checkpointer.latest_step()
-    if latest is not None and not config.resume:
-        raise FileExistsError(
-            f"{checkpointer.directory} already holds checkpoint {latest}; resume it (--resume) or use a "
-            f"new workdir"
-        )
-    if latest is not None:
-        state, saved = checkpointer.restore(abstract_like(abstract, state_sharding))
-        history = History.from_json(saved).truncate(latest)
-        history.status = "running"
-        writer.truncate_after(latest)
-    else:
-        state = run_once(init, state_sharding, keys)
-        if init_variables is not None:
-            state = jax.device_put(
-                _with_initial_variables(state, init_variables, optimizer, num_seeds), state_sharding
-            )
-        history = History()
+    writer = None
+    try:
+        if latest is not None:
+            restored = checkpointer.restore_latest(abstract_like(abstract, state_sharding))
+            if restored.skipped:
+                moved = checkpointer.quarantine([s for s, _ in restored.skipped])
+            if restored.skipped and primary:
+                print(f"{workdir}: resuming from checkpoint {restored.step}; the damaged newer checkpoint(s) "
+                      f"moved to {', '.join(moved)}", file=sys.stderr, flush=True)
+            state, latest = restored.state, restored.step
+            history = History.from_json(restored.history).truncate(latest)
+            streak = int(np.max(jax.device_get(state.nonfinite_streak)))
+            if config.max_nonfinite and streak >= config.max_nonfinite:
+                raise NonFiniteError(
+                    f"{workdir}: the run stopped at step {latest} after {streak} consecutive non-finite steps "
+                    f"(limit max_nonfinite={config.max_nonfinite}); resuming it would stop again. Lower the "
+                    f"learning rate or check the inputs, in a new workdir."
+                )
+            history.status = "running"
+        else:
+            state = run_once(init, state_sharding, keys)
+            if init_variables is not None:
+                state = jax.device_put(
+                    _with_initial_variables(state, init_variables, optimizer, num_seeds), state_sharding
+                )
+            history = History()
+        if primary:
+            write_config(workdir, _config_record(config, run_config))
+        writer = MetricWriter(workdir, tensorboard=config.tensorboard, enabled=primary)
+        if latest is not None:
+            writer.truncate_after(latest)
+        elif restart:
+            writer.truncate_after(0)
+            if primary:
+                print(f"{workdir}: no checkpoint yet (the earlier run stopped before its first one): starting "
+                      f"again from step 0", file=sys.stderr, flush=True)
+    except BaseException:
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+        raise
 
-    train_step = compile_train_step(
-        vmap_train_step(
-            make_train_step(
-                model, task_losses, method, optimizer,
-                last_shared=last_shared, shared=shared, input_key=input_key, cosine=config.cosine,
-                cosine_every=config.cosine_every,
-            ),
-            num_seeds,
+    def on_saved(step: int) -> None:
+        writer.write({"kind": "checkpoint", "step": step})
+        writer.flush()
+
+    checkpointer.on_saved = on_saved
+
+    train_step_fn = vmap_train_step(
+        make_train_step(
+            model, task_losses, method, optimizer,
+            last_shared=last_shared, shared=shared, input_key=input_key, cosine=config.cosine,
+            cosine_every=config.cosine_every,
         ),
-        mesh, state_sharding,
+        num_seeds,
     )
+    if config.max_nonfinite:
+        train_step_fn = _halt_at_limit(train_step_fn, config.max_nonfinite)
+    train_step = compile_train_step(train_step_fn, mesh, state_sharding)
     eval_step = None
     if eval_metrics is not None:
         eval_step = jax.jit(
@@ -283,19 +482,17 @@ def train_and_evaluate(
     def save(step: int) -> None:
         checkpointer.save(step, state, history.to_json())
 
-    total_steps = config.num_epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = config.total_steps(steps_per_epoch)
     step = int(jax.device_get(state.step).reshape(-1)[0])
-    streak = np.asarray(jax.device_get(state.nonfinite_streak)).reshape(-1)
     pending: list = []
     clock = {"time": time.perf_counter(), "images": 0, "epoch_images": 0, "epoch_time": 0.0}
     bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and primary),
                dynamic_ncols=True, desc="train")
 
     def flush() -> None:
-        """Moves pending step metrics to the history and the logs; applies the guard."""
-        nonlocal streak
+        """Moves pending step metrics to the history and the logs; stops at the step whose state reached
+        the non-finite limit (the steps after it left the state unchanged and are dropped)."""
+        nonlocal step
         if not pending:
             return
         records = _host_records(pending)
@@ -306,20 +503,24 @@ def train_and_evaluate(
         clock["epoch_images"] += clock["images"]
         clock["epoch_time"] += elapsed
         clock.update(time=now, images=0)
+        streak = 0
         for record in records:
             history.train.append(record)
             writer.write({"kind": "train", **record})
             finite = np.asarray(record["finite"]).reshape(-1)
-            streak = np.where(finite, 0, streak + 1)
             if not finite.all():
                 history.nonfinite_steps.append(record["step"])
                 if primary:
                     tqdm.write(f"step {record['step']}: non-finite loss or gradient; step skipped "
                                f"({len(history.nonfinite_steps)} so far)")
+            streak = int(np.max(record.get("nonfinite_streak", 0)))
+            if config.max_nonfinite and streak >= config.max_nonfinite:
+                step = record["step"]  # the state stopped here
+                break
         writer.flush()
         bar.update(len(records))
         bar.set_postfix(loss=f"{np.mean(records[-1]['loss']):.4g}", img_s=f"{images_per_sec:.0f}")
-        check_streak(int(streak.max()), config.max_nonfinite, records[-1]["step"])
+        check_streak(streak, config.max_nonfinite, step)
 
     def end_epoch(epoch: int, force_eval: bool = False) -> None:
         flush()
@@ -341,8 +542,18 @@ def train_and_evaluate(
             tqdm.write(epoch_summary(epoch, summary["train"], evaluation, images_per_sec))
         save(step)
 
+    def interrupted(stop: StopRequest) -> TrainResult:
+        flush()
+        history.status = "interrupted"
+        save(step)
+        if primary:
+            tqdm.write(f"signal {stop.signum}: checkpoint saved at step {step}; resume with --resume")
+        return TrainResult(state, history)
+
     try:
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
+            if stop.signum is not None:  # received while the run was being set up
+                return interrupted(stop)
             for epoch in range(step // steps_per_epoch, config.num_epochs):
                 if step >= total_steps:
                     break
@@ -359,13 +570,7 @@ def train_and_evaluate(
                         flush()
                         save(step)
                     if stop.signum is not None:
-                        flush()
-                        history.status = "interrupted"
-                        save(step)
-                        if primary:
-                            tqdm.write(f"signal {stop.signum}: checkpoint saved at step {step}; resume with "
-                                       f"--resume")
-                        return TrainResult(state, history)
+                        return interrupted(stop)
                     if step >= total_steps or step == (epoch + 1) * steps_per_epoch:
                         break
                 if step == (epoch + 1) * steps_per_epoch:
@@ -387,9 +592,11 @@ def train_and_evaluate(
         raise
     finally:
         bar.close()
-        checkpointer.close()
-        writer.close()
-        if primary and history.status != "running":
-            with open(os.path.join(workdir, "history.json"), "w") as f:
-                json.dump(history.to_json(), f)
+        try:
+            checkpointer.close()
+        finally:
+            if primary and history.status != "running":
+                with open(os.path.join(workdir, "history.json"), "w") as f:
+                    json.dump(history.to_json(), f)
+            writer.close()
     return TrainResult(state, history)
