@@ -11,20 +11,22 @@ Two 5-way tasks (left digit from {0,2,4,6,8}, right from {1,3,5,7,9}) on 64x64 i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.cli import build_parser, method_kwargs_from_args, parse_list, settings_overrides
+from experiments.cli import build_parser, method_kwargs_from_args, number, parse_list, settings_overrides
 from experiments.paper_numbers import TABLE1_MULTIDIGIT
-from experiments.pipeline import default_workdir, run_benchmark, setup_runtime
-from experiments.runner import Benchmark, Row, RunSettings, row_for, run_row
+from experiments.pipeline import EXIT_FAILED_RUNS, check_rows, command_scope, default_workdir, run_benchmark, setup_runtime
+from experiments.runner import Benchmark, Row, RunSettings, check_table, row_for, run_row
 from orthojax.data import multidigit_info, multidigit_mnist
 from orthojax.diagnostics import first_epoch_sigma
 from orthojax.metrics import finalize_classification, harmonic_mean, init_classification, update_classification
@@ -152,46 +154,78 @@ def sweep_correlations(points: Sequence[Mapping[str, Any]]) -> dict:
     return {name: pearson(group) for name, group in groups.items()}
 
 
+def number_list(kind: type = float, **bounds) -> Callable[[str], list]:
+    """An argparse ``type``: a comma-separated list of numbers (see :func:`experiments.cli.number`)."""
+    one = number(kind, **bounds)
+
+    def parse(text: str) -> list:
+        items = parse_list(text)
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        return [one(item) for item in items]
+
+    return parse
+
+
 def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> None:
-    """Figure 3: final validation accuracy against first-epoch σ across filters, batch sizes, lrs, seeds."""
-    filters = [int(x) for x in parse_list(args.sweep_filters)]
-    batch_sizes = [int(x) for x in parse_list(args.sweep_batch_sizes)]
-    lrs = [float(x) for x in parse_list(args.sweep_lrs)]
+    """Figure 3: final validation accuracy against first-epoch σ across filters, batch sizes, lrs, seeds.
+
+    Every run is checked before the first trains; a run that fails is listed in sweep.json (exit status
+    1 at the end) while the others run; a signal stops the sweep at a checkpoint (``--resume``)."""
+    filters, batch_sizes, lrs = args.sweep_filters, args.sweep_batch_sizes, args.sweep_lrs
     bench_rows = [r for r in args.methods if r != "single_task"]
-    points = []
+    plan = []
     for f, bs, lr in itertools.product(filters, batch_sizes, lrs):
         bench = make_benchmark(data, eval_split="val", model_defaults={"features": f})
         run_settings = dataclasses.replace(settings, batch_size=bs, learning_rate=lr)
-        n_steps = len(data["train"]["image"]) // bs
-        for key in bench_rows:
-            row = row_for(key, ROWS, cli_kwargs)
-            result = run_row(bench, run_settings, row, os.path.join(workdir, f"f{f}_bs{bs}_lr{lr:g}"))
-            for seed_result in result["per_seed"]:
-                cos = np.asarray(seed_result["cosines"])
-                if not cos.size or not seed_result["metrics"]:
-                    continue
-                # a run shorter than an epoch (--max-steps) gives the sigma of the steps it took
-                sigma0 = float(np.mean(first_epoch_sigma(cos, min(n_steps, len(cos)))))
-                points.append({"sigma": sigma0, "accuracy": seed_result["metrics"]["accuracy"],
-                               "label": row.label, "filters": f, "batch_size": bs, "lr": lr,
-                               "seed": seed_result["seed"]})
-    plot = plot_accuracy_vs_sigma(points, os.path.join(workdir, "plots", "accuracy_vs_first_epoch_sigma.png"),
-                                  title="MultiDigitMNIST: validation accuracy vs first-epoch σ")
-    pearson_r = sweep_correlations(points)
-    with open(os.path.join(workdir, "sweep.json"), "w") as fh:
-        json.dump({"points": points, "pearson_r": pearson_r, "plot": str(plot)}, fh, indent=2)
+        rows, run_settings = check_rows([row_for(key, ROWS, cli_kwargs) for key in bench_rows], run_settings)
+        point_dir = os.path.join(workdir, f"f{f}_bs{bs}_lr{lr:g}")
+        check_table(bench, run_settings, rows, point_dir)
+        plan.append((f, bs, lr, bench, run_settings, rows, point_dir))
+    points, failed = [], []
+    with command_scope(workdir):
+        for f, bs, lr, bench, run_settings, rows, point_dir in plan:
+            n_steps = len(data["train"]["image"]) // bs
+            for row in rows:
+                result = run_row(bench, run_settings, row, point_dir)
+                for seed_result in result["per_seed"]:
+                    if seed_result["status"] == "failed":
+                        failed.append({"label": row.label, "filters": f, "batch_size": bs, "lr": lr,
+                                       "seed": seed_result["seed"], "error": seed_result["error"]})
+                    cos = np.asarray(seed_result["cosines"])
+                    if not cos.size or not seed_result["metrics"]:
+                        continue
+                    # a run shorter than an epoch (--max-steps) gives the sigma of the steps it took
+                    sigma0 = float(np.mean(first_epoch_sigma(cos, min(n_steps, len(cos)))))
+                    points.append({"sigma": sigma0, "accuracy": seed_result["metrics"]["accuracy"],
+                                   "label": row.label, "filters": f, "batch_size": bs, "lr": lr,
+                                   "seed": seed_result["seed"]})
+        plot = (plot_accuracy_vs_sigma(points, os.path.join(workdir, "plots", "accuracy_vs_first_epoch_sigma.png"),
+                                       title="MultiDigitMNIST: validation accuracy vs first-epoch σ")
+                if points else None)
+        pearson_r = sweep_correlations(points)
+        with open(os.path.join(workdir, "sweep.json"), "w") as fh:
+            json.dump({"points": points, "pearson_r": pearson_r, "plot": None if plot is None else str(plot),
+                       "failed": failed}, fh, indent=2)
     described = ", ".join(f"{name} {'n/a' if r is None else f'{r:.3f}'}" for name, r in pearson_r.items())
     print(f"sweep: {len(points)} runs; Pearson r(first-epoch σ, val accuracy): {described}; plot: {plot}")
+    if failed:
+        print(f"{len(failed)} sweep run(s) failed (listed in {os.path.join(workdir, 'sweep.json')})", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED_RUNS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser("python -m experiments.multidigit_mnist", __doc__.split("\n\n")[0], ROWS, TABLE1_ROWS,
                           default_alpha=10.0)
     parser.add_argument("--sweep", action="store_true", help="Figure 3: sweep filters, batch sizes, lrs and seeds")
-    parser.add_argument("--sweep-filters", default="8,20", help="sweep: filters per conv layer")
-    parser.add_argument("--sweep-batch-sizes", default="32,64", help="sweep: batch sizes")
-    parser.add_argument("--sweep-lrs", default="1e-3,3e-4", help="sweep: learning rates")
-    parser.add_argument("--filters", type=int, default=20, help="filters per conv layer (20 in the paper)")
+    parser.add_argument("--sweep-filters", type=number_list(int, minimum=1), default="8,20",
+                        help="sweep: filters per conv layer")
+    parser.add_argument("--sweep-batch-sizes", type=number_list(int, minimum=1), default="32,64",
+                        help="sweep: batch sizes")
+    parser.add_argument("--sweep-lrs", type=number_list(float, above=0), default="1e-3,3e-4",
+                        help="sweep: learning rates")
+    parser.add_argument("--filters", type=number(int, minimum=1), default=20,
+                        help="filters per conv layer (20 in the paper)")
     args = parser.parse_args(argv)
     setup_runtime(args.distributed, args.compilation_cache)
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+import traceback
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 
-from experiments.report import Column, summarize, write_plots, write_results
-from experiments.runner import Benchmark, Row, RunSettings, run_table
+from experiments.report import Column, failed_runs, summarize, write_plots, write_results
+from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
 from orthojax.methods.registry import method_names, resolve_method_name
-from orthojax.training import initialize_distributed
+from orthojax.training import StopRequest, WorkdirLock, initialize_distributed
 
-__all__ = ["check_rows", "compilation_cache_dir", "default_workdir", "run_benchmark", "setup_runtime"]
+__all__ = ["EXIT_FAILED_RUNS", "check_rows", "command_scope", "compilation_cache_dir", "default_workdir",
+           "run_benchmark", "setup_runtime"]
+
+EXIT_FAILED_RUNS = 1
+"""Exit status of a command that finished with failed runs (they are listed in results.md); a command
+stopped by a signal exits with 128 + the signal number (143 for SIGTERM)."""
 
 
 def default_workdir(name: str, preset: str) -> str:
@@ -76,6 +83,28 @@ def check_rows(rows: Sequence[Row], settings: RunSettings) -> tuple[list, RunSet
     return checked, settings
 
 
+@contextlib.contextmanager
+def command_scope(workdir: str) -> Iterator[StopRequest]:
+    """The scope of one command on ``workdir``: its lock (one command per workdir; process 0 takes it)
+    and a :class:`~orthojax.training.StopRequest` that every run inside shares, so that SIGTERM / SIGINT
+    stops the current run at a checkpoint and starts no other. A run stopped that way ends the command
+    with ``SystemExit(128 + signal)``, after a line saying how to resume.
+    """
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    with StopRequest() as stop:
+        if lock is not None:
+            lock.acquire()
+        try:
+            yield stop
+        except RunInterrupted as interrupted:
+            print(f"signal {interrupted.signum}: stopped at a checkpoint in {interrupted.workdir}; no other run was "
+                  f"started. Continue with the same command and --resume.", file=sys.stderr, flush=True)
+            raise SystemExit(128 + int(interrupted.signum)) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
 def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, workdir: str, *, title: str,
                   columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], data_info: Mapping,
                   protocol: Mapping[str, Any], notes: Sequence[str] = (),
@@ -84,17 +113,46 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
 
     ``extra(row_results, summary) -> (sections, json)`` adds benchmark-specific sections (e.g. the
     field's nine NYUv2 metrics and Delta_m).
+
+    Every row and every run is checked before the first one trains, and before anything is written
+    (:func:`check_rows`, :func:`experiments.runner.check_table`); the command then holds the workdir
+    (:func:`command_scope`). A run that fails is reported in results.md while the other rows run.
+
+    Raises:
+      KeyError, ValueError, TypeError, WorkdirError: a row or a run that cannot start (nothing was run).
+      SystemExit: :data:`EXIT_FAILED_RUNS` after writing the results when runs failed; 128 + the signal
+        when a signal stopped the command (no results written; ``--resume`` continues it).
     """
     rows, settings = check_rows(rows, settings)  # every row, before the first one trains
-    os.makedirs(workdir, exist_ok=True)
-    row_results = run_table(bench, settings, rows, workdir)
-    summary = summarize(row_results, columns)
-    sections, extra_json = extra(row_results, summary) if extra else ([], {})
-    if jax.process_index() == 0:
-        plots = write_plots(workdir, row_results, title)
-        write_results(workdir, title=title, data_info=data_info, protocol=protocol, summary=summary,
-                      columns=columns, paper=paper, notes=notes, extra_sections=sections,
-                      extra_json={**extra_json, "plots": plots})
-        print(open(os.path.join(workdir, "results.md")).read())
-        print(f"results: {os.path.join(workdir, 'results.md')}", file=sys.stderr)
+    check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
+    primary = jax.process_index() == 0
+    with command_scope(workdir) as stop:
+        row_results = run_table(bench, settings, rows, workdir)
+        if stop.signum is not None:
+            raise RunInterrupted(stop.signum, workdir)
+        summary = summarize(row_results, columns)
+        sections, extra_json = [], {}
+        if extra:
+            try:
+                sections, extra_json = extra(row_results, summary)
+            except Exception as error:  # the table is still written
+                traceback.print_exc()
+                sections = [("Benchmark-specific section", f"Not written: {type(error).__name__}: {error}")]
+        if primary:
+            try:
+                plots = write_plots(workdir, row_results, title)
+            except Exception as error:
+                traceback.print_exc()
+                plots, notes = [], [*notes, f"Plots not written: {type(error).__name__}: {error}"]
+            write_results(workdir, title=title, data_info=data_info, protocol=protocol, summary=summary,
+                          columns=columns, paper=paper, notes=notes, extra_sections=sections,
+                          extra_json={**extra_json, "plots": plots})
+            print(open(os.path.join(workdir, "results.md")).read())
+            print(f"results: {os.path.join(workdir, 'results.md')}", file=sys.stderr)
+    failed = failed_runs(summary)
+    if failed:
+        print(f"{len(failed)} run(s) failed (listed in {os.path.join(workdir, 'results.md')}):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED_RUNS)
     return summary

@@ -10,7 +10,7 @@ import numpy as np
 
 from orthojax.plots import plot_cosine_distributions, plot_rolling_sigma, plot_training_curves
 
-__all__ = ["Column", "mean_std", "summarize", "write_plots", "write_results"]
+__all__ = ["Column", "failed_runs", "mean_std", "summarize", "write_plots", "write_results"]
 
 Column = tuple  # (key, label, digits)
 
@@ -41,8 +41,26 @@ def summarize(row_results: Sequence[Mapping], columns: Sequence[Column]) -> list
         entry["mu"] = {"mean": mean, "std": std, "n": n}
         if any("recon_layers" in s for s in seeds):
             entry["recon_layers"] = [s.get("recon_layers") for s in seeds]
-        entry["incomplete"] = [s["seed"] for s in seeds if s["status"] != "completed"]
+        entry["incomplete"] = [s["seed"] for s in seeds if s["status"] not in ("completed", "failed")]
+        entry["failed"] = [{"seed": s["seed"], "error": s.get("error", "")} for s in seeds if s["status"] == "failed"]
+        entry["nonfinite_steps"] = [s.get("nonfinite_steps") for s in seeds]
+        entry["steps"] = [s.get("steps") for s in seeds]
         out.append(entry)
+    return out
+
+
+def failed_runs(summary: Sequence[Mapping]) -> list[str]:
+    """"<label>: seed <s>: <error>" for every failed run of the summary."""
+    return [f"{e['label']}: seed {f['seed']}: {f['error']}" for e in summary for f in e.get("failed", [])]
+
+
+def _skipped_lines(summary: Sequence[Mapping]) -> list[str]:
+    out = []
+    for e in summary:
+        parts = [f"seed {seed}: {n} of {steps} steps" for seed, n, steps in
+                 zip(e["seeds"], e.get("nonfinite_steps", []), e.get("steps", [])) if n]
+        if parts:
+            out.append(f"{e['label']}: " + ", ".join(parts))
     return out
 
 
@@ -71,7 +89,9 @@ def markdown_table(summary: Sequence[Mapping], columns: Sequence[Column],
         cells = [entry["label"]]
         cells += [_fmt(entry["columns"][key], digits) for key, _, digits in columns]
         cells += [_paper_cell(ref, key, digits) for key, _, digits in columns]
-        cells += [_fmt(entry["sigma"], sigma_digits), _paper_cell(ref, "sigma", 2), str(len(entry["seeds"]))]
+        n_failed = len(entry.get("failed", []))
+        seeds = str(len(entry["seeds"])) if not n_failed else f"{len(entry['seeds']) - n_failed}/{len(entry['seeds'])}"
+        cells += [_fmt(entry["sigma"], sigma_digits), _paper_cell(ref, "sigma", 2), seeds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,9 +120,18 @@ def write_results(workdir: str, *, title: str, data_info: Mapping, protocol: Map
         lines.append(f"- {note}")
     for heading, body in extra_sections:
         lines += ["", f"## {heading}", "", body]
-    incomplete = [f"{e['label']}: seeds {e['incomplete']}" for e in summary if e["incomplete"]]
+    skipped = _skipped_lines(summary)
+    if skipped:
+        lines += ["", "**Skipped steps** (a non-finite loss or gradient: the step left the parameters, optimiser "
+                      "and method states unchanged; their cosines are left out of σ): " + "; ".join(skipped)]
+    incomplete = [f"{e['label']}: seeds {e['incomplete']}" for e in summary if e.get("incomplete")]
     if incomplete:
-        lines += ["", "**Incomplete runs** (interrupted or stopped by the non-finite guard): " + "; ".join(incomplete)]
+        lines += ["", "**Incomplete runs** (interrupted; their numbers are from the last finished epoch): "
+                  + "; ".join(incomplete)]
+    failed = failed_runs(summary)
+    if failed:
+        lines += ["", "**Failed runs** (no numbers in the table; the other rows ran; seeds column: runs that "
+                      "finished / runs):"] + [f"- {line}" for line in failed]
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -116,10 +145,19 @@ def write_plots(workdir: str, row_results: Sequence[Mapping], title: str, window
         pooled = [np.asarray(s["cosines"], dtype=np.float64) for s in row["per_seed"] if len(s["cosines"])]
         if pooled:
             first = pooled[0]
-            cosines[row["label"]] = first[:, 0] if first.ndim == 2 else first
-        losses = [s["loss"] for s in row["per_seed"] if s["loss"]]
-        if losses:
-            curves[row["label"]] = {"loss": list(np.asarray(losses[0], dtype=np.float64).reshape(len(losses[0]), -1).mean(axis=1))}
+            first = first[:, 0] if first.ndim == 2 else first
+            first = first[np.isfinite(first)]
+            if first.size:
+                cosines[row["label"]] = first
+        runs = [s for s in row["per_seed"] if s["loss"]]
+        if runs:
+            # skipped (non-finite) steps are gaps in the curve, and counted in its label
+            loss = np.asarray(runs[0]["loss"], dtype=np.float64)
+            loss = loss.reshape(len(loss), -1).mean(axis=1)
+            skipped = int(np.sum(~np.isfinite(loss)))
+            if np.isfinite(loss).any():
+                label = row["label"] + (f" ({skipped} non-finite steps skipped)" if skipped else "")
+                curves[label] = {"loss": loss.tolist()}
     written = []
     if cosines:
         written.append(str(plot_cosine_distributions(cosines, os.path.join(plots, "cosine_distributions.png"),

@@ -8,6 +8,12 @@ runs' workdirs and resumption, and the per-row summaries that :mod:`experiments.
 Layout of ``<workdir>``: ``<row>/seed_<s>/`` per run (``<row>/seed_<s>/task_<t>/`` for single task,
 ``recon/seed_<s>/stage1`` and ``.../retrain`` for Recon), each an engine workdir (config.json,
 metrics.jsonl, tb/, checkpoints/, history.json).
+
+Reliability: :func:`check_table` checks every run of a table before the first one trains (batch size,
+method hyper-parameters, and each run's workdir: not held by another run, resumed only when asked and
+only with its saved settings); a run that fails (e.g. stopped by the non-finite guard) is recorded in its
+row and the other rows still run; a signal (SIGTERM / SIGINT) stops the current run at a checkpoint and
+raises :class:`RunInterrupted`, so that no other run starts.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import sys
+import traceback
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -26,11 +35,30 @@ from orthojax.data import iterate_batches, prefetch, steps_per_epoch
 from orthojax.diagnostics import pairwise_cosines, phi_stats
 from orthojax.methods import get_method
 from orthojax.methods.recon import conflict_scores, save_scores_json, select_conflict_layers
-from orthojax.training import EvalMetrics, TrainConfig, model_variables, train_and_evaluate
+from orthojax.training import (
+    EvalMetrics, TrainConfig, WorkdirError, check_workdir, model_variables, stop_requested, train_and_evaluate,
+)
 
 Batch = Mapping[str, Any]
 
-__all__ = ["Benchmark", "Row", "RunSettings", "row_for", "run_row", "run_table"]
+__all__ = ["Benchmark", "Row", "RunInterrupted", "RunSettings", "SETTINGS_MAY_CHANGE", "check_table", "row_for",
+           "run_row", "run_table"]
+
+SETTINGS_MAY_CHANGE = tuple(f"settings.{name}" for name in (
+    "resume", "progress", "checkpoint_every", "max_steps", "seeds", "vmap_seeds", "epochs", "recon_k", "recon_s",
+    "recon_base", "recon_stage1_epochs"))
+"""RunSettings fields that a resumed run may see changed: harmless ones (progress, checkpoint cadence,
+max_steps: checked by the engine), or ones whose effect on a run is recorded elsewhere in its config
+(its seeds, number of epochs, Recon's layers and base method)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal stopped a run (at a checkpoint): no other run of the table starts."""
+
+    def __init__(self, signum: int, workdir: str):
+        super().__init__(f"signal {signum}: stopped in {workdir}")
+        self.signum = signum
+        self.workdir = workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,13 +176,22 @@ def _eval_batches(bench: Benchmark, settings: RunSettings) -> Callable:
     return eval_batches
 
 
-def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
-           model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> dict:
-    """One engine run (S vmapped seeds when ``len(seeds) > 1``); returns the run summary."""
-    done = os.path.join(workdir, "summary.json")
-    if settings.resume and os.path.exists(done):
-        with open(done) as f:
-            return json.load(f)
+@dataclasses.dataclass(frozen=True)
+class _RunSpec:
+    """One engine run of a table, as planned before anything trains."""
+
+    workdir: str
+    model: nn.Module
+    method_name: str
+    method_kwargs: Mapping[str, Any]
+    config: TrainConfig
+    run_config: Mapping[str, Any]
+    steps_per_epoch: int
+    seeds: tuple
+
+
+def _spec(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
+          model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> _RunSpec:
     model = bench.build_model(dict(model_kwargs))
     kwargs = dict(method_kwargs)
     if method_name in ("rotate_only", "rotograd", "rotograd_norm"):
@@ -163,24 +200,54 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
     n_steps = _steps_per_epoch(bench, settings)
     if method_name == "dwa":  # DWA averages the task losses over epochs (MTAN), not single steps
         kwargs.setdefault("period", n_steps)
-    method = get_method(method_name, **kwargs)
-    sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
     config = TrainConfig(
         num_epochs=epochs or settings.epochs, seed=int(seeds[0]), num_seeds=len(seeds),
         checkpoint_every=settings.checkpoint_every, resume=settings.resume, max_steps=settings.max_steps,
         progress=settings.progress, log_every=max(1, min(50, n_steps)),
     )
+    run_config = {"benchmark": bench.name, "method": method_name, "method_kwargs": kwargs,
+                  "model_kwargs": dict(model_kwargs), "seeds": list(seeds), "settings": dataclasses.asdict(settings)}
+    return _RunSpec(workdir, model, method_name, kwargs, config, run_config, n_steps, tuple(int(s) for s in seeds))
+
+
+def _check_stop(workdir: str) -> None:
+    signum = stop_requested()
+    if signum is not None:
+        raise RunInterrupted(signum, workdir)
+
+
+def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
+           model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> dict:
+    """One engine run (S vmapped seeds when ``len(seeds) > 1``); returns the run summary.
+
+    Raises:
+      RunInterrupted: a signal stopped the run (or arrived before it started).
+    """
+    _check_stop(workdir)
+    spec = _spec(bench, settings, workdir, method_name, method_kwargs, model_kwargs, seeds, epochs)
+    done = os.path.join(workdir, "summary.json")
+    if settings.resume and os.path.exists(done):
+        # the settings are checked first: a finished run is reused only for the run it was
+        check_workdir(spec.config, workdir, steps_per_epoch=spec.steps_per_epoch, run_config=spec.run_config,
+                      may_change=SETTINGS_MAY_CHANGE)
+        with open(done) as f:
+            summary = json.load(f)
+        if summary.get("steps") == spec.config.total_steps(spec.steps_per_epoch):
+            return summary
+    method = get_method(method_name, **spec.method_kwargs)
+    model = spec.model
+    sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
     result = train_and_evaluate(
-        config, workdir, model=model, task_losses=bench.task_losses, method=method,
-        optimizer=_optimizer(settings, n_steps), train_batches=_batches(bench, settings, int(seeds[0])),
-        steps_per_epoch=n_steps, sample_batch=sample, last_shared=model.last_shared_layer(),
-        eval_batches=_eval_batches(bench, settings), eval_metrics=bench.eval_metrics,
-        init_variables=bench.init_variables,
-        run_config={"benchmark": bench.name, "method": method_name, "method_kwargs": kwargs,
-                    "model_kwargs": dict(model_kwargs), "seeds": list(seeds),
-                    "settings": dataclasses.asdict(settings)},
+        spec.config, workdir, model=model, task_losses=bench.task_losses, method=method,
+        optimizer=_optimizer(settings, spec.steps_per_epoch),
+        train_batches=_batches(bench, settings, int(seeds[0])), steps_per_epoch=spec.steps_per_epoch,
+        sample_batch=sample, last_shared=model.last_shared_layer(), eval_batches=_eval_batches(bench, settings),
+        eval_metrics=bench.eval_metrics, init_variables=bench.init_variables, run_config=spec.run_config,
+        may_change=SETTINGS_MAY_CHANGE,
     )
     history = result.history
+    if history.status == "interrupted":
+        raise RunInterrupted(stop_requested() or signal.SIGTERM, workdir)
     final_eval = history.epochs[-1]["eval"] if history.epochs else None
     per_seed_eval = _per_seed(final_eval, len(seeds))
     if bench.final_eval is not None and history.status == "completed":
@@ -197,6 +264,7 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         "loss": _per_seed_steps(history, "loss", len(seeds)),
         "steps": len(history.train),
         "nonfinite_steps": len(history.nonfinite_steps),
+        "skipped": history.skipped_steps(len(seeds)),
         "layer_cosines": history.metric("layer_cosines").tolist() if method_name == "recon" else None,
     }
     if history.status == "completed":
@@ -241,25 +309,51 @@ def _seed_groups(settings: RunSettings) -> list[list[int]]:
     return [list(settings.seeds)] if settings.vmap_seeds else [[s] for s in settings.seeds]
 
 
+def _failed(seeds: Sequence[int], error: BaseException) -> list:
+    message = f"{type(error).__name__}: {error}"
+    return [{"seed": seed, "metrics": {}, "eval": None, "sigma": None, "mu": None, "cosines": [], "loss": [],
+             "status": "failed", "error": message, "nonfinite_steps": None, "steps": None} for seed in seeds]
+
+
+def _report_failure(what: str, error: BaseException) -> None:
+    print(f"{what} failed; the other rows go on:", file=sys.stderr)
+    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+
+
+def _run_tag(seeds: Sequence[int]) -> str:
+    return f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
+
+
 def run_row(bench: Benchmark, settings: RunSettings, row: Row, workdir: str) -> dict:
-    """Runs one row for every seed; returns {"row", "label", "per_seed": [{"metrics", "sigma", ...}]}."""
+    """Runs one row for every seed; returns {"row", "label", "per_seed": [{"metrics", "sigma", ...}]}.
+
+    A run that fails (an exception: e.g. stopped by the non-finite guard) gives its seeds the status
+    "failed" and the error; the row's other seeds still run.
+
+    Raises:
+      RunInterrupted: a signal stopped a run.
+    """
     per_seed: list = []
     for seeds in _seed_groups(settings):
-        tag = f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
-        base = os.path.join(workdir, row.key, tag)
-        if row.method == "single_task":
-            per_seed.extend(_single_task(bench, settings, row, base, seeds))
-        elif row.method == "recon":
-            per_seed.extend(_recon(bench, settings, row, base, seeds))
-        else:
-            summary = _train(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds)
-            per_seed.extend(_seed_results(bench, summary))
+        base = os.path.join(workdir, row.key, _run_tag(seeds))
+        try:
+            if row.method == "single_task":
+                per_seed.extend(_single_task(bench, settings, row, base, seeds))
+            elif row.method == "recon":
+                per_seed.extend(_recon(bench, settings, row, base, seeds))
+            else:
+                summary = _train(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds)
+                per_seed.extend(_seed_results(bench, summary))
+        except Exception as error:  # RunInterrupted is not an Exception: it stops the table
+            _report_failure(f"row {row.key!r}, seeds {list(seeds)} ({base})", error)
+            per_seed.extend(_failed(seeds, error))
     return {"row": row.key, "label": row.label, "method": row.method, "method_kwargs": dict(row.method_kwargs),
             "model_kwargs": dict(row.model_kwargs), "per_seed": per_seed}
 
 
 def _seed_results(bench: Benchmark, summary: Mapping) -> list:
     out = []
+    skipped = summary.get("skipped") or [summary.get("nonfinite_steps", 0)] * len(summary["seeds"])
     for i, seed in enumerate(summary["seeds"]):
         cosines = np.asarray(summary["cosine"][i], dtype=np.float64)
         stats = phi_stats(cosines) if cosines.size else None
@@ -272,6 +366,8 @@ def _seed_results(bench: Benchmark, summary: Mapping) -> list:
             "cosines": cosines.tolist(),
             "loss": summary["loss"][i],
             "status": summary["status"],
+            "nonfinite_steps": int(skipped[i]),
+            "steps": int(summary["steps"]),
         })
     return out
 
@@ -292,7 +388,9 @@ def _single_task(bench: Benchmark, settings: RunSettings, row: Row, base: str, s
             metrics = bench.combine_single_task(metrics)
         out.append({"seed": seed, "metrics": metrics, "eval": [s["eval"][i] for s in summaries],
                     "sigma": None, "mu": None, "cosines": [], "loss": summaries[0]["loss"][i],
-                    "status": "completed" if all(s["status"] == "completed" for s in summaries) else "incomplete"})
+                    "status": "completed" if all(s["status"] == "completed" for s in summaries) else "incomplete",
+                    "nonfinite_steps": sum(int(_skipped(s)[i]) for s in summaries),
+                    "steps": sum(int(s["steps"]) for s in summaries)})
     return out
 
 
@@ -314,9 +412,16 @@ def _recon(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: 
     retrain = _train(bench, settings, os.path.join(base, "retrain"), settings.recon_base,
                      dict(row.method_kwargs), model_kwargs, seeds)
     results = _seed_results(bench, retrain)
-    for r in results:
+    for i, r in enumerate(results):  # the recording run's skipped steps count too
         r["recon_layers"] = list(selected)
+        r["nonfinite_steps"] += int(_skipped(stage1)[i])
+        r["steps"] += int(stage1["steps"])
     return results
+
+
+def _skipped(summary: Mapping) -> list:
+    """Per seed, the steps a run's non-finite guard skipped (older summaries: the count for all)."""
+    return summary.get("skipped") or [summary.get("nonfinite_steps", 0)] * len(summary["seeds"])
 
 
 def _steps_per_epoch(bench: Benchmark, settings: RunSettings) -> int:
@@ -330,6 +435,79 @@ def _steps_per_epoch(bench: Benchmark, settings: RunSettings) -> int:
     return n_steps
 
 
+def _planned(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
+    """The runs of one row and seed group, as (workdir, spec or None: settings known only later)."""
+    if row.method == "single_task":
+        return [(os.path.join(base, f"task_{t}"),
+                 _spec(bench, settings, os.path.join(base, f"task_{t}"), "single_task", {"task": t}, row.model_kwargs,
+                       seeds)) for t in range(len(bench.task_names))]
+    if row.method == "recon":
+        layers = tuple(bench.build_model(dict(row.model_kwargs)).shared_layer_names())
+        stage1 = _spec(bench, settings, os.path.join(base, "stage1"), "recon", {"layers": layers, "base": "equal"},
+                       row.model_kwargs, seeds, epochs=settings.recon_stage1_epochs)
+        # the retrained network's layers come from stage 1: its settings are compared when it starts
+        retrain = _spec(bench, settings, os.path.join(base, "retrain"), settings.recon_base, dict(row.method_kwargs),
+                        row.model_kwargs, seeds)
+        return [(stage1.workdir, stage1), (retrain.workdir, dataclasses.replace(retrain, run_config=None))]
+    return [(base, _spec(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds))]
+
+
+def check_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> None:
+    """Checks every run of ``rows`` before any trains, changing nothing: the batch fits the training
+    split, each method accepts its hyper-parameters, and each run's workdir can be used as asked (see
+    :func:`orthojax.training.check_workdir`: no other live run in it; an earlier run only with
+    ``resume``, with the same settings, its checkpoints present). Finished runs are checked too, so that
+    ``resume`` never reuses results under changed settings.
+
+    Raises:
+      ValueError, TypeError, KeyError, WorkdirError: the first problem when there is one; when there are
+        several, a WorkdirError (all workdir problems) or a ValueError listing each, by run.
+    """
+    _steps_per_epoch(bench, settings)  # the batch fits (one message, not one per run)
+    problems: list[tuple[str, Exception]] = []
+    for row in rows:
+        for seeds in _seed_groups(settings):
+            base = os.path.join(workdir, row.key, _run_tag(seeds))
+            try:
+                planned = _planned(bench, settings, row, base, seeds)
+            except (ValueError, TypeError, KeyError) as error:
+                problems.append((f"row {row.key!r}", error))
+                continue
+            for run_dir, spec in planned:
+                try:
+                    get_method(spec.method_name, **spec.method_kwargs)
+                    check_workdir(spec.config, run_dir, steps_per_epoch=spec.steps_per_epoch,
+                                  run_config=spec.run_config, may_change=SETTINGS_MAY_CHANGE,
+                                  compare_config=spec.run_config is not None)
+                except (WorkdirError, ValueError, TypeError, KeyError) as error:
+                    problems.append((f"row {row.key!r} ({run_dir})", error))
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0][1]
+    listed = "\n".join(f"- {where}: {type(error).__name__}: {error}" for where, error in problems)
+    kind = WorkdirError if all(isinstance(e, WorkdirError) for _, e in problems) else ValueError
+    raise kind(f"{len(problems)} runs cannot start (nothing was run or written):\n{listed}")
+
+
+def _failed_row(row: Row, settings: RunSettings, error: BaseException) -> dict:
+    return {"row": row.key, "label": row.label, "method": row.method, "method_kwargs": dict(row.method_kwargs),
+            "model_kwargs": dict(row.model_kwargs), "per_seed": _failed(list(settings.seeds), error)}
+
+
 def run_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> list:
-    """Runs every row; returns the list of row results (see :func:`run_row`)."""
-    return [run_row(bench, settings, row, workdir) for row in rows]
+    """Runs every row; returns the list of row results (see :func:`run_row`). A row that fails is
+    recorded (its seeds' status "failed", with the error) and the next row runs.
+
+    Raises:
+      RunInterrupted: a signal stopped a run; no further run was started.
+    """
+    results = []
+    for row in rows:
+        _check_stop(os.path.join(workdir, row.key))
+        try:
+            results.append(run_row(bench, settings, row, workdir))
+        except Exception as error:
+            _report_failure(f"row {row.key!r}", error)
+            results.append(_failed_row(row, settings, error))
+    return results

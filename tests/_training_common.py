@@ -175,3 +175,63 @@ def compilation_cache(path: str):
         for name, value in previous.items():
             jax.config.update(name, value)
         cc.reset_cache()
+
+
+class TinyTableModel(TinyMTL):
+    """TinyMTL as the experiment runner expects it (the last shared layer, the shared layers, the latent
+    size); ``poison`` makes every output NaN (every step non-finite)."""
+
+    poison: bool = False
+
+    def last_shared_layer(self) -> str:
+        return LAST_SHARED
+
+    def shared_layer_names(self) -> tuple:
+        return ("encoder/conv1", "encoder/conv2")
+
+    def __call__(self, x, train: bool):
+        outputs = super().__call__(x, train)
+        return tuple(o * jnp.nan for o in outputs) if self.poison else outputs
+
+
+def tiny_benchmark(train: Optional[dict] = None, test: Optional[dict] = None, augment: Any = None):
+    """A :class:`experiments.runner.Benchmark` on the tiny model and data (model options: ``use_bn``,
+    ``dropout``, ``poison``); ``augment(batch, rng)`` sees every training batch (e.g. to announce it)."""
+    from experiments.runner import Benchmark
+
+    train = make_data(48) if train is None else train
+    test = make_data(13, seed=1) if test is None else test
+
+    def table_metrics(evaluation):
+        acc = np.asarray(evaluation["accuracy"], np.float64)
+        return {"accuracy": 100 * float(acc.mean()), "acc_0": 100 * float(acc[0]), "acc_1": 100 * float(acc[1])}
+
+    return Benchmark(
+        name="tiny", task_names=("t0", "t1"), train=train, eval=test,
+        build_model=lambda kw: TinyTableModel(**{"use_bn": False, **dict(kw)}),
+        task_losses=task_losses, eval_metrics=accuracy_metrics(), table_metrics=table_metrics,
+        single_task_metrics=lambda t, ev: {f"acc_{t}": 100 * float(ev["accuracy"][t])},
+        latent_size=lambda model: 4, augment=augment,
+    )
+
+
+def tiny_settings(**overrides):
+    """RunSettings for :func:`tiny_benchmark`: 6 steps per epoch (batch 8), one seed, no progress bars."""
+    from experiments.runner import RunSettings
+
+    base = dict(epochs=1, batch_size=8, learning_rate=1e-2, seeds=(0,), eval_batch_size=7, progress=False)
+    return RunSettings(**{**base, **overrides})
+
+
+TINY_COLUMNS = (("accuracy", "Acc. %", 2),)
+
+
+def run_tiny_table(workdir: str, rows: list, settings=None, bench=None, **settings_overrides):
+    """Runs rows ({key: Row} or keys of registry methods) through :func:`experiments.pipeline.run_benchmark`."""
+    from experiments.pipeline import run_benchmark
+    from experiments.runner import Row
+
+    rows = [r if isinstance(r, Row) else Row(r, r, r) for r in rows]
+    settings = settings if settings is not None else tiny_settings(**settings_overrides)
+    return run_benchmark(bench or tiny_benchmark(), rows, settings, workdir, title="tiny", columns=TINY_COLUMNS,
+                         paper={}, data_info={"name": "tiny"}, protocol={})

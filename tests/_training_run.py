@@ -1,10 +1,12 @@
 """Worker: one tiny training run in a workdir (fresh or --resume), printing each batch as it starts.
 
-Usage: python _training_run.py WORKDIR [--resume] [--kill-in-save STEP]
+Usage: python _training_run.py WORKDIR [--resume] [--kill-in-save STEP] [--table ROWS]
 
 --kill-in-save STEP kills this process with SIGKILL halfway through writing checkpoint STEP (after the
 state is written, while the history file is being written).
 Writes WORKDIR/final_params.npz when the run completes.
+--table ROWS runs the comma-separated registry methods as a table of the tiny benchmark through
+experiments.pipeline.run_benchmark instead (2 epochs of 6 steps per row; exits as the command would).
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def main() -> None:
     parser.add_argument("workdir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-in-save", type=int, default=None)
+    parser.add_argument("--table", default=None)
     args = parser.parse_args()
+    if args.table is not None:
+        return run_table(args)
     if args.kill_in_save is not None:
         kill_while_saving(args.kill_in_save)
 
@@ -65,6 +70,19 @@ def main() -> None:
     result = run(args.workdir, train=TRAIN, test=TEST, resume=args.resume, on_batch=announce, **SETTINGS)
     np.savez(os.path.join(args.workdir, "final_params.npz"), **flat_params(result.state))
     print(f"done {result.history.status} {len(result.history.train)}", flush=True)
+
+
+def run_table(args) -> None:
+    from _training_common import run_tiny_table, tiny_benchmark
+
+    def announce(batch, rng):
+        print(f"batch {len(batch['image'])}", flush=True)
+        time.sleep(0.05)
+        return batch
+
+    run_tiny_table(args.workdir, args.table.split(","), bench=tiny_benchmark(augment=announce), epochs=2,
+                   resume=args.resume)
+    print("done table", flush=True)
 
 
 if __name__ == "__main__":
