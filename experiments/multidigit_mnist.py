@@ -32,7 +32,7 @@ from orthojax.diagnostics import first_epoch_sigma
 from orthojax.metrics import finalize_classification, harmonic_mean, init_classification, update_classification
 from orthojax.models import MultiDigitCNN
 from orthojax.plots import plot_accuracy_vs_sigma
-from orthojax.training import EvalMetrics
+from orthojax.training import EvalMetrics, WorkdirLock
 
 TASKS = ("left", "right")
 DROPOUT_RATE = 0.25  # the paper does not state its dropout rate
@@ -174,6 +174,7 @@ def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> No
     1 at the end) while the others run; a signal stops the sweep at a checkpoint (``--resume``)."""
     filters, batch_sizes, lrs = args.sweep_filters, args.sweep_batch_sizes, args.sweep_lrs
     bench_rows = [r for r in args.methods if r != "single_task"]
+    WorkdirLock(workdir).check()  # another command on this workdir
     plan = []
     for f, bs, lr in itertools.product(filters, batch_sizes, lrs):
         bench = make_benchmark(data, eval_split="val", model_defaults={"features": f})

@@ -124,6 +124,7 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
         when a signal stopped the command (no results written; ``--resume`` continues it).
     """
     rows, settings = check_rows(rows, settings)  # every row, before the first one trains
+    WorkdirLock(workdir).check()  # another command on this workdir: said first
     check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
     primary = jax.process_index() == 0
     with command_scope(workdir) as stop:

@@ -201,7 +201,7 @@ def test_a_command_on_a_workdir_in_use_is_refused(tmp_path):
     finally:
         holder.release()
     with training.WorkdirLock(workdir):  # the whole command's lock
-        with pytest.raises(training.WorkdirLocked):
+        with pytest.raises(training.WorkdirLocked, match=f"^{workdir} is in use by another run"):
             run_tiny_table(str(workdir), ["equal"], max_steps=1)
     run_tiny_table(str(workdir), ["equal"], max_steps=1)
     assert not (workdir / training.LOCK_FILE).exists()
