@@ -2,7 +2,8 @@
 
 The core is three pure functions of a task-loss function ``fn(params, *args) -> losses (T,)``:
 :func:`task_gradients` (per-task gradients of a selected layer), :func:`cosine_matrix` /
-:func:`cosreg_penalty`, and :func:`loss_with_cosreg` (the regularised objective, exact to second order).
+:func:`cosreg_penalty`, and :func:`loss_with_cosreg` (the regularised objective, differentiated through the
+per-task gradients: its gradient is exact), with :func:`loss_with_cosreg_split` for encoder/decoder models.
 """
 
 from orthojax.cosreg import (

@@ -11,6 +11,7 @@ The regularised objective is  sum_t w_t L_t + alpha * P , differentiated through
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -127,8 +128,39 @@ class CosRegAux(NamedTuple):
 
 
 def _check_alpha(alpha: Any) -> None:
-    if isinstance(alpha, numbers.Real) and not alpha >= 0:
-        raise ValueError(f"alpha must be a non-negative number; got {alpha!r}")
+    """alpha: a real >= 0, or a scalar array (checked for sign and finiteness when concrete)."""
+    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) or hasattr(alpha, "dtype")):
+        raise TypeError(f"alpha must be a real number or a scalar array; got {type(alpha).__name__} {alpha!r}")
+    if isinstance(alpha, numbers.Real):
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be a finite non-negative number; got {alpha!r}")
+        return
+    if jnp.ndim(alpha) != 0:
+        raise ValueError(f"alpha must be a scalar; got an array of shape {jnp.shape(alpha)}")
+    if not jnp.issubdtype(jnp.result_type(alpha), jnp.number) or jnp.issubdtype(jnp.result_type(alpha), jnp.bool_):
+        raise TypeError(f"alpha must be a real number; got dtype {jnp.result_type(alpha)}")
+    if not isinstance(alpha, jax.core.Tracer):
+        value = float(alpha)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"alpha must be a finite non-negative number; got {value}")
+
+
+def _checked_selection(params: PyTree, wrt: Selector):
+    """The selection of ``wrt``, whose leaves must all be floating point."""
+    selection = make_selection(params, wrt)
+    bad = [(i, leaf) for i, leaf in zip(selection.indices, selection.selected)
+           if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    if bad:
+        from orthojax.select import leaf_paths
+
+        paths = leaf_paths(params)
+        shown = ", ".join(f"{paths[i]} ({jnp.result_type(leaf)})" for i, leaf in bad[:3])
+        raise ValueError(
+            f"wrt={wrt!r} selects leaves that are not floating point: {shown}{', ...' if len(bad) > 3 else ''}; "
+            "select only the layer's weights (a narrower path such as '.../kernel', a predicate, or for NNX "
+            "the Param state: nnx.split(model, nnx.Param, ...))"
+        )
+    return selection
 
 
 def _task_weights(weights: Optional[jax.Array], num_tasks: int, dtype: Any) -> jax.Array:
@@ -171,7 +203,9 @@ def _reference_terms(task_losses_fn, params, args, wrt, has_aux, axis_name) -> s
         jacobian = jax.lax.pmean(jacobian, axis_name)
     cosine = cosine_matrix(jacobian)
     penalty = penalty_from_cosine(cosine)
-    return second_order.PenaltyTerms(losses, cosine, penalty, penalty - jax.lax.stop_gradient(penalty), aux)
+    surrogate = penalty - jax.lax.stop_gradient(penalty)  # value 0, the penalty's gradient
+    return second_order.PenaltyTerms(
+        losses, jax.lax.stop_gradient(cosine), jax.lax.stop_gradient(penalty), surrogate, aux)
 
 
 def loss_with_cosreg(
@@ -220,7 +254,10 @@ def loss_with_cosreg(
       (their gradient reaches ``params`` through ``total`` only).
 
     Raises:
-      ValueError: negative alpha, an unknown ``implementation``, losses that are not a (T,) vector, T < 2.
+      ValueError: alpha negative, not finite or not a scalar; an unknown ``implementation``; losses that
+        are not a (T,) vector; T < 2; ``wrt`` selecting non-floating-point leaves.
+      TypeError: alpha not a number; with ``"fast"``, a ``jax.custom_vjp`` function in the model (forward
+        mode cannot go through it: use ``"reference"``).
       KeyError: ``wrt`` names no parameter.
 
     Example:
@@ -235,11 +272,12 @@ def loss_with_cosreg(
     """
     _check_alpha(alpha)
     _check_implementation(implementation)
+    selection = _checked_selection(params, wrt)
     if implementation == "reference":
         terms = _reference_terms(task_losses_fn, params, args, wrt, has_aux, axis_name)
     else:
         terms = second_order.generic_objective(
-            task_losses_fn, make_selection(params, wrt), args, wrt=wrt,
+            task_losses_fn, selection, args, wrt=wrt,
             penalty_fn=_penalty_and_cosine, has_aux=has_aux, axis_name=axis_name,
         )
     return _total(terms, alpha, weights, scale_alpha_by_loss, axis_name)
@@ -275,14 +313,26 @@ def loss_with_cosreg_split(
       params, *args, wrt, alpha, weights, scale_alpha_by_loss, has_aux, axis_name: as in
         :func:`loss_with_cosreg`.
 
+    Checked at trace time (no run-time cost) with the jaxpr dependency pass of :mod:`orthojax.jacobian`:
+    when decoder t may read ``zs[s]`` (s != t), the decoders read ``wrt`` directly, or the losses read
+    floating-point ``extras`` that depend on ``wrt``, a :class:`orthojax.second_order.SplitContractWarning`
+    is issued and the generic fast path (:func:`loss_with_cosreg`) computes the same objective instead.
+
+    Derivatives: the value and the first derivative are exact; derivatives of order two and higher of
+    the total are not (see :mod:`orthojax.second_order`); for those use :func:`loss_with_cosreg` with
+    ``implementation="reference"`` on the whole model.
+
     Returns:
       ``(total, CosRegAux(task_losses, cosine, penalty, aux))``.
 
     Raises:
-      ValueError: as :func:`loss_with_cosreg`, and when ``zs`` does not hold one array per task.
+      ValueError: as :func:`loss_with_cosreg`; ``encode_fn`` not returning ``(zs, extras)`` with ``zs`` a
+        sequence of T arrays, one per task loss.
+      TypeError: a ``jax.custom_vjp`` function in the model (use ``loss_with_cosreg(...,
+        implementation="reference")``).
 
     Example:
-      >>> encode = lambda p, x: model.apply({"params": p}, x, method="encode")
+      >>> encode = lambda p, x, labels: model.apply({"params": p}, x, method="encode")
       >>> decode = lambda p, zs, extras, x, labels: task_losses(model.apply({"params": p}, zs, extras,
       ...                                                                   method="decode"), labels)
       >>> (total, aux), grads = jax.value_and_grad(loss_with_cosreg_split, argnums=2, has_aux=True)(
@@ -290,7 +340,7 @@ def loss_with_cosreg_split(
     """
     _check_alpha(alpha)
     terms = second_order.split_objective(
-        encode_fn, decode_fn, params, make_selection(params, wrt), args, wrt=wrt,
+        encode_fn, decode_fn, params, _checked_selection(params, wrt), args, wrt=wrt,
         penalty_fn=_penalty_and_cosine, has_aux=has_aux, axis_name=axis_name,
     )
     return _total(terms, alpha, weights, scale_alpha_by_loss, axis_name)

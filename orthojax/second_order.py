@@ -39,6 +39,8 @@ not overflow the tangent pass.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -46,7 +48,9 @@ import jax.numpy as jnp
 
 from orthojax.jacobian import (
     _CONCRETE_VALUE_ERRORS,
+    _any,
     _check_losses,
+    _dependence,
     _make_varying,
     _split_aux,
     _trace_once,
@@ -58,7 +62,11 @@ from orthojax.select import Selection, Selector, leaf_paths
 
 PyTree = Any
 
-__all__ = ["PenaltyTerms", "generic_objective", "split_objective"]
+__all__ = ["PenaltyTerms", "SplitContractWarning", "generic_objective", "split_objective"]
+
+
+class SplitContractWarning(UserWarning):
+    """``loss_with_cosreg_split``'s decoders may break its contract; the generic fast path is used instead."""
 
 
 class PenaltyTerms(NamedTuple):
@@ -102,6 +110,32 @@ def _as_varying(leaves: list, axes: tuple) -> list:
     return [_make_varying(leaf, axes) for leaf in leaves] if axes else leaves
 
 
+def _explains_custom_vjp(hint: str) -> Callable[[Callable], Callable]:
+    """Decorator: a clear error, with ``hint``, when a ``jax.custom_vjp`` function blocks forward mode."""
+
+    def decorate(build: Callable) -> Callable:
+        @functools.wraps(build)
+        def wrapped(*args: Any, **kwargs: Any):
+            try:
+                return build(*args, **kwargs)
+            except TypeError as e:
+                if "custom_vjp" not in str(e):
+                    raise
+                raise TypeError(
+                    "the fast CosReg gradient differentiates the model in forward mode, which a jax.custom_vjp "
+                    f"function in its forward pass does not allow ({str(e).splitlines()[0]}); {hint}"
+                ) from None
+
+        return wrapped
+
+    return decorate
+
+
+_REFERENCE_HINT = "use loss_with_cosreg(..., implementation='reference') (reverse over reverse) for this model"
+_SPLIT_HINT = ("use loss_with_cosreg(whole_model_fn, ..., implementation='reference') (reverse over reverse) "
+               "for this model")
+
+
 def _surrogate(tangent_terms: jax.Array, scale: jax.Array) -> jax.Array:
     directional = jnp.sum(scale.astype(tangent_terms.dtype) * tangent_terms)
     return directional - jax.lax.stop_gradient(directional)
@@ -121,6 +155,7 @@ def _checked_forward(losses_of_selected: Callable, selected: list, selection: Se
     return forward
 
 
+@_explains_custom_vjp(_REFERENCE_HINT)
 def generic_objective(
     task_losses_fn: Callable[..., Any],
     selection: Selection,
@@ -162,6 +197,7 @@ def generic_objective(
     return PenaltyTerms(losses, cosine, penalty, _surrogate(jnp.diagonal(tangents), scale), aux)
 
 
+@_explains_custom_vjp(_SPLIT_HINT)
 def split_objective(
     encode_fn: Callable[..., Any],
     decode_fn: Callable[..., Any],
@@ -192,31 +228,37 @@ def split_objective(
     axes = _axes(axis_name)
 
     def encode_selected(selected: list):
-        zs, extras = encode_fn(selection.merge(selected), *args)
-        return tuple(zs), extras
+        return _check_encoded(encode_fn(selection.merge(selected), *args))
 
-    def losses_of_selected(selected: list):  # the whole model, for the dependence check only
-        zs, extras = encode_selected(selected)
-        losses, aux = _split_aux(decode_fn(selection.merge(selected), zs, extras, *args), has_aux)
-        _check_losses(losses, has_aux)
+    def decode_all(p: PyTree, zs: tuple, extras: Any):
+        losses, aux = _split_aux(decode_fn(p, zs, extras, *args), has_aux)
+        _check_decoded(losses, has_aux, len(zs))
         return losses, aux
+
+    def losses_of_selected(selected: list):  # the whole model
+        zs, extras = encode_selected(selected)
+        return decode_all(selection.merge(selected), zs, extras)
 
     selected = _as_varying(list(selection.selected), axes)
     _checked_forward(losses_of_selected, selected, selection, wrt)
+    broken = _split_contract_violations(encode_selected, decode_all, selection, selected)
+    if broken:
+        warnings.warn(
+            f"loss_with_cosreg_split: {broken} (the contract: L_t depends on the selected layer only "
+            "through zs[t]); using the generic fast path (loss_with_cosreg) instead, which is exact for any "
+            "model but does more work",
+            SplitContractWarning, stacklevel=4,
+        )
+        whole = lambda p, *a: decode_fn(p, *_check_encoded(encode_fn(p, *a)), *a)  # noqa: E731
+        return generic_objective(whole, selection, args, wrt=wrt, penalty_fn=penalty_fn, has_aux=has_aux,
+                                 axis_name=axis_name)
     zs, encode_linear, extras = jax.linearize(encode_selected, selected, has_aux=True)
 
     def decode_zs(representations: tuple):
-        losses, aux = _split_aux(decode_fn(params, representations, extras, *args), has_aux)
-        _check_losses(losses, has_aux)
-        return losses, aux
+        return decode_all(params, representations, extras)
 
     losses, decode_linear, aux = jax.linearize(decode_zs, zs, has_aux=True)
     num_tasks = losses.shape[0]
-    if len(zs) != num_tasks:
-        raise ValueError(
-            f"encode_fn must return one representation per task: got {len(zs)} representations for "
-            f"{num_tasks} task losses"
-        )
     # one backward pass: dL_t / dzs_t for every t (L_s does not depend on zs_t for s != t)
     (representation_grads,) = jax.linear_transpose(decode_linear, zs)(jnp.ones_like(losses))
     encode_transpose = jax.linear_transpose(encode_linear, selected)
@@ -232,3 +274,105 @@ def split_objective(
     own_tangents = tuple(per_direction[t][t] for t in range(num_tasks))
     tangents = decode_linear(own_tangents)  # decoder t carries only task t's tangent
     return PenaltyTerms(losses, cosine, penalty, _surrogate(tangents, scale), aux)
+
+
+
+def _check_encoded(out: Any) -> tuple[tuple, Any]:
+    """``(zs, extras)`` from ``encode_fn`` with ``zs`` a tuple of arrays, or a clear error."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError(
+            f"encode_fn must return a pair (zs, extras), zs one representation per task; got "
+            f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''} "
+            "(return (zs, None) when the decoders need nothing else)"
+        )
+    zs, extras = out
+    if not isinstance(zs, (tuple, list)) or not all(hasattr(z, "shape") for z in zs):
+        raise ValueError(
+            "encode_fn must return zs as a tuple or list of T arrays (the same array T times for a fully "
+            f"shared encoder, e.g. (z,) * T); got {type(zs).__name__}"
+            f"{f' of shape {zs.shape}' if hasattr(zs, 'shape') else ''}"
+        )
+    return tuple(zs), extras
+
+
+def _check_decoded(losses: Any, has_aux: bool, num_representations: int) -> None:
+    try:
+        _check_losses(losses, has_aux)
+    except ValueError as e:
+        raise ValueError(str(e).replace("task_losses_fn", "decode_fn", 1)) from None
+    if not jnp.issubdtype(losses.dtype, jnp.inexact):
+        raise ValueError(f"decode_fn must return floating-point losses; got dtype {losses.dtype}")
+    if losses.shape[0] != num_representations:
+        raise ValueError(
+            f"encode_fn must return one representation per task: got {num_representations} representations "
+            f"for {losses.shape[0]} task losses"
+        )
+
+
+def _inexact_leaves(tree: Any) -> tuple[list, Callable[[list], Any]]:
+    """The floating-point array leaves of ``tree`` and a function that puts replacements back."""
+    leaves, treedef = jax.tree.flatten(tree)
+    where = [i for i, x in enumerate(leaves) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+
+    def put(replacements: list) -> Any:
+        out = list(leaves)
+        for i, x in zip(where, replacements):
+            out[i] = x
+        return jax.tree.unflatten(treedef, out)
+
+    return [leaves[i] for i in where], put
+
+
+def _split_contract_violations(encode_selected: Callable, decode_all: Callable, selection: Selection,
+                               selected: list) -> str:
+    """What in the traced model breaks the split contract (empty when nothing does). Trace time only.
+
+    Checked with the jaxpr dependency pass of :mod:`orthojax.jacobian`: the decoder's loss t reads zs[s]
+    (s != t), the decoder reads the selected layer directly (tied weights), or it reads a floating-point
+    ``extras`` leaf that depends on the selected layer. The pass is conservative (an unknown primitive
+    counts as reading everything), so a clean model may be flagged; the fallback is exact either way.
+    """
+    try:
+        encoded = jax.make_jaxpr(lambda leaves: _flatten_encoded(encode_selected(leaves)))(selected)
+        zs, extras = encode_selected(selected)  # traced values (unused: dead code once compiled)
+        extra_leaves, put_extras = _inexact_leaves(extras)
+        num_tasks = len(zs)
+
+        def decode_flat(zs_leaves: list, extra_values: list, layer: list):
+            losses, aux = decode_all(selection.merge(layer), tuple(zs_leaves), put_extras(extra_values))
+            return [losses] + [x for x in jax.tree.leaves(aux) if hasattr(x, "dtype")]
+
+        decoded = jax.make_jaxpr(decode_flat)(list(zs), extra_leaves, selected)
+    except _CONCRETE_VALUE_ERRORS:
+        return ""
+    groups = [("zs", num_tasks), ("extras", len(extra_leaves)), ("layer", len(selected))]
+    offsets, start = {}, 0
+    for name, size in groups:
+        offsets[name] = (start, start + size)
+        start += size
+
+    def marks(name: str, which: Sequence[int]) -> list[bool]:
+        lo, _ = offsets[name]
+        chosen = {lo + i for i in which}
+        return [i in chosen for i in range(start)]
+
+    independent = jaxpr_independent_tasks
+    for s in range(num_tasks):
+        readers = sorted(set(range(num_tasks)) - set(independent(decoded, marks("zs", [s]))) - {s})
+        if readers:
+            return f"the loss of task {readers} reads zs[{s}]"
+    if selected and len(independent(decoded, marks("layer", range(len(selected))))) < num_tasks:
+        return "the decoders read the selected layer's parameters directly (e.g. tied weights)"
+    if extra_leaves:
+        encoder_deps = _dependence(encoded.jaxpr, [True] * len(selected))
+        extras_deps = encoder_deps[num_tasks:]
+        tied = [i for i, d in enumerate(extras_deps) if _any(d)]
+        if tied and len(independent(decoded, marks("extras", tied))) < num_tasks:
+            return "the losses read floating-point extras that depend on the selected layer"
+    return ""
+
+
+def _flatten_encoded(encoded: tuple) -> list:
+    zs, extras = encoded
+    extra_leaves, _ = _inexact_leaves(extras)
+    return list(zs) + extra_leaves

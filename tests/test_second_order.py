@@ -185,7 +185,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="one representation per task: got 3 representations for 2"):
         orthojax.loss_with_cosreg_split(three, lambda p, zs, e, *a: decode(p, zs[:2], e, *a), params, *args,
                                         wrt="encoder/dense2", alpha=1.0)
-    with pytest.raises(ValueError, match="alpha must be a non-negative"):
+    with pytest.raises(ValueError, match="alpha must be a finite non-negative"):
         orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/dense2", alpha=-1.0)
     with pytest.raises(KeyError):
         orthojax.loss_with_cosreg_split(encode, decode, params, *args, wrt="encoder/nope", alpha=1.0)
@@ -212,3 +212,115 @@ def test_a_task_that_does_not_use_wrt_is_warned_about_by_every_implementation():
         with pytest.warns(IndependentTaskWarning, match=r"task \[1\]"):
             total, _ = jax.jit(call)()
         assert np.isfinite(float(total)), name
+
+
+def _contract_problem():
+    """Plain-JAX encoder + 3 heads; returns (params, x, encode, good decode)."""
+    rng = np.random.default_rng(0)
+    params = {"enc": {"w": jnp.asarray(rng.normal(size=(4, 5)))}, "heads": jnp.asarray(rng.normal(size=(3, 5)))}
+    x = jnp.asarray(rng.normal(size=(8, 4)))
+    encode = lambda p, x: ((jnp.tanh(x @ p["enc"]["w"]),) * 3, None)  # noqa: E731
+
+    def decode(p, zs, extras, x):
+        return jnp.stack([jnp.mean((zs[t] @ p["heads"][t]) ** 2) for t in range(3)])
+
+    return params, x, encode, decode
+
+
+@pytest.mark.parametrize("violation", ["reads_other_zs", "reads_mean_of_zs", "tied_weights", "extras_from_wrt"])
+def test_split_contract_violations_warn_and_fall_back_to_the_exact_generic_path(violation, x64):
+    from orthojax.second_order import SplitContractWarning
+
+    params, x, encode, decode = _contract_problem()
+    if violation == "reads_other_zs":
+        bad_decode = lambda p, zs, e, x: decode(p, (zs[0],) * 3, e, x)  # noqa: E731
+        bad_encode = encode
+    elif violation == "reads_mean_of_zs":
+        bad_decode = lambda p, zs, e, x: decode(p, (sum(zs) / 3,) * 3, e, x)  # noqa: E731
+        bad_encode = encode
+    elif violation == "tied_weights":
+        bad_decode = lambda p, zs, e, x: decode(p, zs, e, x) + jnp.sum(p["enc"]["w"] ** 2)  # noqa: E731
+        bad_encode = encode
+    else:
+        def bad_encode(p, x):
+            z = jnp.tanh(x @ p["enc"]["w"])
+            return (z,) * 3, {"skip": z * 2.0}
+
+        bad_decode = lambda p, zs, e, x: decode(p, zs, e, x) + jnp.mean(e["skip"] ** 2)  # noqa: E731
+    whole = lambda p, x: bad_decode(p, *bad_encode(p, x), x)  # noqa: E731
+    kw = dict(wrt="enc", alpha=1.0)
+    (want, want_aux), want_grads = jax.value_and_grad(
+        lambda p: orthojax.loss_with_cosreg(whole, p, x, implementation="reference", **kw), has_aux=True)(params)
+    with pytest.warns(SplitContractWarning, match="contract"):
+        (got, aux), grads = jax.value_and_grad(
+            lambda p: orthojax.loss_with_cosreg_split(bad_encode, bad_decode, p, x, **kw), has_aux=True)(params)
+    np.testing.assert_allclose(float(aux.penalty), float(want_aux.penalty), rtol=1e-12)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
+    assert_tree_allclose(grads, want_grads, rtol=1e-10, atol=1e-12)
+
+
+def test_split_contract_check_passes_clean_models_silently(recwarn, x64):
+    params, x, encode, decode = _contract_problem()
+    jax.grad(lambda p: orthojax.loss_with_cosreg_split(encode, decode, p, x, wrt="enc", alpha=1.0)[0])(params)
+    from orthojax.second_order import SplitContractWarning
+
+    assert not [w for w in recwarn if issubclass(w.category, SplitContractWarning)]
+
+
+def test_custom_vjp_models_get_a_pointer_to_the_reference_implementation(x64):
+    params, x, encode, decode = _contract_problem()
+
+    @jax.custom_vjp
+    def act(z):
+        return jnp.tanh(z)
+
+    act.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)), lambda t, g: (g * (1 - t ** 2),))
+    fn = lambda p, x: decode(p, (act(x @ p["enc"]["w"]),) * 3, None, x)  # noqa: E731
+    with pytest.raises(TypeError, match="implementation='reference'"):
+        jax.grad(lambda p: orthojax.loss_with_cosreg(fn, p, x, wrt="enc", alpha=1.0)[0])(params)
+    grads = jax.grad(lambda p: orthojax.loss_with_cosreg(fn, p, x, wrt="enc", alpha=1.0,
+                                                          implementation="reference")[0])(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+def test_reported_cosine_and_penalty_are_constants_in_every_implementation(x64):
+    params, fn, args = make_mlp(2, n_tasks=3)
+    for name, f in _objectives(fn, "encoder/dense2").items():
+        grads = jax.grad(lambda p: f(p, *args)[1].penalty + jnp.sum(f(p, *args)[1].cosine))(params)
+        assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads)), name
+
+
+def test_alpha_validation_and_array_alpha():
+    params, fn, args = make_mlp(0, n_tasks=2, dtype=np.float32)
+    call = lambda a: orthojax.loss_with_cosreg(fn, params, *args, wrt="encoder/dense2", alpha=a)  # noqa: E731
+    for bad in (-1.0, float("nan"), float("inf"), jnp.array(-1.0), jnp.array(jnp.nan)):
+        with pytest.raises(ValueError, match="finite non-negative"):
+            call(bad)
+    with pytest.raises(ValueError, match="scalar"):
+        call(jnp.ones(3))
+    for bad in ("10", True, None):
+        with pytest.raises(TypeError, match="alpha must be a real number"):
+            call(bad)
+    # traced alpha (jit, vmap over alpha) is fine
+    totals = jax.jit(jax.vmap(lambda a: call(a)[0]))(jnp.array([0.0, 1.0, 10.0]))
+    assert totals.shape == (3,) and bool(jnp.all(jnp.diff(totals) >= 0))
+
+
+def test_non_float_selected_leaves_and_malformed_encoders_are_named():
+    params, fn, args = make_mlp(0, n_tasks=2, dtype=np.float32)
+    with_count = {**params, "encoder": {**params["encoder"], "dense2": {**params["encoder"]["dense2"],
+                                                                       "count": jnp.zeros((), jnp.int32)}}}
+    for impl in ("fast", "reference"):
+        with pytest.raises(ValueError, match=r"not floating point: encoder/dense2/count \(int32\)"):
+            orthojax.loss_with_cosreg(fn, with_count, *args, wrt="encoder/dense2", alpha=1.0, implementation=impl)
+    encode, decode = fn.split
+    cases = {
+        "a pair \\(zs, extras\\)": lambda p, *a: encode(p, *a)[0][0],
+        "tuple or list of T arrays": lambda p, *a: (encode(p, *a)[0][0], None),
+    }
+    for message, bad in cases.items():
+        with pytest.raises(ValueError, match=message):
+            orthojax.loss_with_cosreg_split(bad, decode, params, *args, wrt="encoder/dense2", alpha=1.0)
+    with pytest.raises(ValueError, match="decode_fn must return"):
+        orthojax.loss_with_cosreg_split(encode, lambda *a: decode(*a)[:, None], params, *args,
+                                        wrt="encoder/dense2", alpha=1.0)
