@@ -1,7 +1,7 @@
 """The step-time benchmark suite: every method's compiled train step, CosReg's implementations and the
 PyTorch double-backward CosReg step, timed side by side in one run.
 
-    python -m benchmarks.suite --quick        # about a minute per threading mode
+    python -m benchmarks.suite --quick        # about 3 minutes per threading mode on a 2-core CPU
     python -m benchmarks.suite                # the whole grid (tens of minutes on a 2-core CPU)
     python -m benchmarks.suite --no-paper-segnet --threads one
 
@@ -83,6 +83,28 @@ def groups(quick: bool, paper_segnet: bool, method_names: list[str]) -> list[Gro
                              ("equal", "cosreg", "torch equal", "torch cosreg"), rounds=5,
                              width=1.0, image_size=320, output_size=80))
     return out
+
+
+def selected_groups(quick: bool, paper_segnet: bool, method_names: list[str], only: str, rows: str) -> list[Group]:
+    """The grid narrowed by ``--only`` (substrings of group names) and ``--rows`` (row names).
+
+    Raises:
+      SystemExit: an ``--only`` entry that matches no group or a ``--rows`` entry that is no row (the
+        message lists the valid ones).
+    """
+    grid = groups(quick, paper_segnet, method_names)
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    unknown = [w for w in wanted if not any(w in g.name for g in grid)]
+    if unknown:
+        raise SystemExit(f"--only {unknown} matches no group of this grid; groups: {[g.name for g in grid]}")
+    if wanted:
+        grid = [g for g in grid if any(w in g.name for w in wanted)]
+    keep = [r.strip() for r in rows.split(",") if r.strip()]
+    known = sorted({r for g in grid for r in g.rows})
+    if [r for r in keep if r not in known]:
+        raise SystemExit(f"--rows {[r for r in keep if r not in known]} are not rows of the chosen groups; "
+                         f"rows: {known}")
+    return grid
 
 
 # ------------------------------------------------------------------------------------------------ JAX side
@@ -265,20 +287,29 @@ def child(args) -> None:
     torch_ok = torch_reference.available() and not args.no_torch
     out = {"environment": _environment(args.threads), "groups": []}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    for group in groups(args.quick, args.paper_segnet, method_names()):
-        if args.only and not any(s in group.name for s in args.only.split(",")):
-            continue
+    keep = frozenset(r.strip() for r in args.rows.split(",") if r.strip())
+    for group in selected_groups(args.quick, args.paper_segnet, method_names(), args.only, args.rows):
         log(f"[{args.threads}] {group.name}")
-        keep = frozenset(r.strip() for r in args.rows.split(",") if r.strip())
-        out["groups"].append({**dataclasses.asdict(group), "results": _time_group(group, torch_ok, log, keep)})
+        results = _time_group(group, torch_ok, log, keep)
+        ran = dataclasses.replace(group, rows=tuple(results))
+        out["groups"].append({**dataclasses.asdict(ran), "results": results})
     with open(args.child_out, "w") as f:
         json.dump(out, f, indent=1)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the small grid (about a minute per threading mode)")
-    parser.add_argument("--threads", choices=("one", "default", "both"), default="both")
+    from orthojax.methods import method_names
+
+    full = groups(False, True, method_names())
+    epilog = ("groups (quick): " + ", ".join(g.name for g in groups(True, True, method_names()))
+              + "; groups (full): " + ", ".join(g.name for g in full)
+              + "; rows: " + ", ".join(sorted({r for g in full for r in g.rows})))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog)
+    parser.add_argument("--quick", action="store_true",
+                        help="the small grid (about 3 minutes per threading mode on a 2-core CPU)")
+    parser.add_argument("--threads", choices=("one", "default", "both"), default="both",
+                        help="one: XLA and PyTorch pinned to one thread; default: each framework's own threading; "
+                             "both: one process each (default)")
     parser.add_argument("--paper-segnet", action=argparse.BooleanOptionalAction, default=True,
                         help="include paper-size SegNet (320x320 -> 80x80, width 1) in the full grid")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows even if torch is installed")
@@ -288,6 +319,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md and the plots")
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        selected_groups(args.quick, args.paper_segnet, method_names(), args.only, args.rows)
+    except SystemExit as e:
+        parser.error(str(e))
     if args.child_out:
         child(args)
         return

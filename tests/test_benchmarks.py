@@ -65,3 +65,13 @@ def test_grid_covers_the_issue(quick):
         assert {g.num_tasks for g in grid if g.model == "cnn"} == set(range(2, 9))
         assert {g.batch_size for g in grid if g.model == "cnn"} == {16, 32, 64, 128, 256}
         assert any(g.image_size == 320 and g.width == 1.0 for g in grid)
+
+
+def test_unknown_groups_and_rows_are_named():
+    names = ["equal", "cosreg"]
+    with pytest.raises(SystemExit, match="matches no group"):
+        suite.selected_groups(True, False, names, "cnn T=5", "")
+    with pytest.raises(SystemExit, match="are not rows"):
+        suite.selected_groups(True, False, names, "cnn T=4", "cosreg_fast")
+    chosen = suite.selected_groups(True, False, names, "cnn T=4", "equal,cosreg")
+    assert [g.name for g in chosen] == ["cnn T=4"]
