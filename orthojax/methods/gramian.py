@@ -320,6 +320,20 @@ def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(pos, _saturate(num / jnp.where(pos, den, 1)), 0.0)
 
 
+def _times_ratio(x: jax.Array, num: jax.Array, den: jax.Array) -> jax.Array:
+    """x * num / den for num, den > 0: direct where representable, else through logarithms (saturated at the
+    dtype's largest finite value, 0 when it underflows); 0 where x == 0 or den == 0."""
+    ok = (den > 0) & (num > 0)
+    num = jnp.where(ok, num, 1)
+    den = jnp.where(ok, den, 1)
+    ratio = num / den
+    direct = x * ratio
+    direct_ok = jnp.isfinite(ratio) & (ratio > 0) & jnp.isfinite(direct)
+    big = jnp.log(jnp.finfo(x.dtype).max)
+    logpath = jnp.sign(x) * jnp.exp(jnp.minimum(_log(jnp.abs(x)) + jnp.log(num) - jnp.log(den), big))
+    return jnp.where(ok & (x != 0), jnp.where(direct_ok, direct, logpath), 0.0)
+
+
 def _cnorm(a: jax.Array, C: jax.Array) -> jax.Array:
     """||sum_t a_t u_t|| = sqrt(a^T C a) for unit vectors u_t with cosines C, without squaring a's scale."""
     e = _pow2_exponent(jnp.max(jnp.abs(a)))
@@ -343,8 +357,8 @@ def _nnls(H: jax.Array, q: jax.Array, max_iter: int) -> jax.Array:
     stepping back to the last feasible point (and dropping the indices that reach 0) when a component turns
     non-positive. In exact arithmetic H_PP stays positive definite even for a singular H (the entering
     column is never in the span of P) and the loop ends after finitely many steps at the exact minimiser.
-    Stops when the largest off-P component of -(H x + q) is <= tol = 8 T eps (max|q| + max|H| max|x|)
-    (eps of the dtype) or after ``max_iter`` steps (one linear solve, with one step of iterative refinement,
+    Stops when the largest off-P component of -(H x + q) is <= tol = 4 eps (max|q| + max|H| max|x|)
+    (eps of the dtype, about the rounding error of one entry of H x + q) or after ``max_iter`` steps (one linear solve, with one step of iterative refinement,
     each). An index whose entry breaks down numerically (non-finite or immediately non-positive solve) is
     set aside until the iterate moves.
     """
@@ -377,7 +391,7 @@ def _nnls(H: jax.Array, q: jax.Array, max_iter: int) -> jax.Array:
         neg_grad = -(H @ s + q)
         cand = jnp.where(P | blocked, -jnp.inf, neg_grad)
         j = jnp.argmax(cand)
-        add = cand[j] > 8 * T * eps * (qmax + hmax * jnp.max(jnp.abs(s)))
+        add = cand[j] > 4 * eps * (qmax + hmax * jnp.max(jnp.abs(s)))
         x_a, P_a, last_a, done_a = s, P.at[j].set(P[j] | add), jnp.where(add, j, last).astype(jnp.int32), ~add
         # infeasible: step towards s until a passive component reaches 0 and drop it
         bad = P & (s <= 0)
@@ -411,39 +425,61 @@ def _natural_residual(x: jax.Array, grad: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(jnp.minimum(x, grad)))
 
 
-def _min_norm(n: jax.Array, C: jax.Array, max_iter: int):
-    """The min-norm point of conv{g_t} from norms and cosines: (w, ahat, n_min, residual).
+def _log(x: jax.Array) -> jax.Array:
+    """log x for x >= 0, -inf at 0 (no warning, no NaN)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1)), -jnp.inf)
 
-    With rho_t = n_min / n_t (n_min the smallest norm), the point sum_t w_t g_t = n_min sum_t ahat_t u_t and
-    w_t = rho_t ahat_t, where ahat minimises ahat^T C ahat over {ahat >= 0, rho^T ahat = 1}. That problem is
-    solved exactly by NNLS on min_{x >= 0} ||U^T x||^2 + (rho^T x - 1)^2 (H = C + rho rho^T, q = -rho), whose
-    solution is x = theta ahat with theta = 1 / (1 + ||U^T ahat||^2) (least-distance programming, Lawson &
-    Hanson ch. 23). Every quantity is O(1) whatever the norms: a huge task gets rho_t ~ 0 (its weight is
-    negligible but its unit direction still counts) and the smallest task has rho = 1. A zero gradient
-    makes 0 the min-norm point: w spreads evenly over the zero tasks.
+
+def _min_norm(rho: jax.Array, has_zero: jax.Array, C: jax.Array, max_iter: int):
+    """The min-norm point of conv{g_t} from the norm ratios rho_t = n_min / n_t and the cosines: (w, ahat, residual).
+
+    n_min is the smallest norm; the point is sum_t w_t g_t = n_min sum_t ahat_t u_t and w_t = rho_t ahat_t,
+    where ahat minimises ahat^T C ahat over {ahat >= 0, rho^T ahat = 1}. That problem is solved exactly by
+    NNLS on min_{x >= 0} ||U^T x||^2 + (rho^T x - 1)^2 (H = C + rho rho^T, q = -rho), whose solution is
+    x = theta ahat with theta = 1 / (1 + ||U^T ahat||^2) (least-distance programming, Lawson & Hanson
+    ch. 23). Every quantity is O(1) whatever the norms: a huge task gets rho_t ~ 0 (its weight is negligible
+    but its unit direction still counts) and the smallest task has rho = 1. With a zero gradient
+    (``has_zero``; rho is then ignored) 0 is the min-norm point: w spreads evenly over the zero tasks, which
+    must be marked by rho_t = -1.
 
     residual = max_t |min(ahat_t, (C ahat)_t - f rho_t)|, f = ahat^T C ahat: the KKT residual; the
     no-conflict property <g_t, d> >= ||d||^2 holds up to residual * n_t * n_min.
     """
-    T = n.shape[0]
+    T = rho.shape[0]
     dtype = C.dtype
-    pos = n > 0
-    has_zero = ~jnp.all(pos)
-    n_min = jnp.min(jnp.where(pos, n, jnp.inf))
-    n_min = jnp.where(has_zero, 0.0, n_min).astype(dtype)
-    rho = jnp.where(pos & ~has_zero, n_min / jnp.where(pos, n, 1), 0.0)
+    zero_tasks = rho < 0
+    rho = jnp.where(has_zero, 0.0, jnp.maximum(rho, 0.0)).astype(dtype)
     x = _nnls(C + jnp.outer(rho, rho), -rho, max_iter)
     theta = rho @ x
     ahat = jnp.where(theta > 0, x / jnp.where(theta > 0, theta, 1), jax.nn.one_hot(jnp.argmax(rho), T, dtype=dtype))
     w = rho * ahat
     w = w / jnp.where(jnp.sum(w) > 0, jnp.sum(w), 1)
-    zero_w = (~pos).astype(dtype) / jnp.maximum(jnp.sum(~pos), 1)
+    zero_w = zero_tasks.astype(dtype) / jnp.maximum(jnp.sum(zero_tasks), 1)
     f = ahat @ (C @ ahat)
     residual = _natural_residual(ahat, C @ ahat - f * rho)
     w = jnp.where(has_zero, zero_w, w)
     ahat = jnp.where(has_zero, 0.0, ahat)
     residual = jnp.where(has_zero, 0.0, residual)
-    return w, ahat, n_min, residual
+    return w, ahat, residual
+
+
+def _ratios_to_min(n: jax.Array):
+    """(rho, has_zero, n_min) for :func:`_min_norm` from norms: rho_t = n_min / n_t, -1 for a zero norm."""
+    pos = n > 0
+    has_zero = ~jnp.all(pos)
+    n_min = jnp.where(has_zero, 0.0, jnp.min(jnp.where(pos, n, jnp.inf))).astype(n.dtype)
+    rho = jnp.where(pos, n_min / jnp.where(pos, n, 1), -1.0)
+    return rho, has_zero, n_min
+
+
+def _log_ratios_to_min(logn: jax.Array):
+    """(rho, has_zero, log n_min) for :func:`_min_norm` from log-norms (-inf for a zero norm)."""
+    pos = logn > -jnp.inf
+    has_zero = ~jnp.all(pos)
+    log_nmin = jnp.where(has_zero, -jnp.inf, jnp.min(logn))
+    rho = jnp.where(pos, jnp.exp(jnp.where(pos & ~has_zero, log_nmin - logn, 0.0)), -1.0)
+    return rho, has_zero, log_nmin
 
 
 def _as_factored(G: GramianLike, name: str) -> tuple[int, jax.Array, jax.Array]:
@@ -487,7 +523,8 @@ def mgda_solution(G: GramianLike, *, num_iters: Optional[int] = None) -> Solutio
     """
     T, n, C = _as_factored(G, "mgda_weights")
     _check_cap(num_iters, "num_iters", "mgda_weights", minimum=0)
-    w, ahat, n_min, residual = _min_norm(n, C, max(_active_set_cap(num_iters, T), 1))
+    rho, has_zero, n_min = _ratios_to_min(n)
+    w, ahat, residual = _min_norm(rho, has_zero, C, max(_active_set_cap(num_iters, T), 1))
     return Solution(w, n_min * ahat, residual)
 
 
@@ -551,8 +588,8 @@ def pcgrad_solution(
 
     Cf = jax.vmap(one_task)(jnp.arange(T), order)  # (i, j): c_ij
     coefficients = jnp.sum(n[:, None] * Cf, axis=0)
-    ratios = jnp.where(jnp.eye(T, dtype=bool), 1.0, _ratio(n[:, None], jnp.broadcast_to(n[None, :], (T, T))))
-    terms = jnp.where(Cf != 0, _saturate(ratios * Cf), 0.0)
+    eye = jnp.eye(T, dtype=bool)
+    terms = jnp.where(eye, Cf, _times_ratio(Cf, n[:, None], jnp.broadcast_to(n[None, :], (T, T))))  # (n_i / n_j) c_ij
     weights = _saturate(jnp.sum(terms, axis=0))
     return Solution(weights, coefficients, jnp.zeros((), C.dtype))
 
@@ -720,9 +757,8 @@ def upgrad_solution(
         return Solution(w, w * n, jnp.max(res))
     A, Z, res = jax.vmap(lambda u: _project_above(C, u, cap))(U)  # row i: task i's projection on the unit basis
     coefficients = jnp.sum(n[:, None] * A, axis=0)
-    ratios = _ratio(n[:, None], jnp.broadcast_to(n[None, :], (T, T)))
-    w = pref + _saturate(jnp.sum(jnp.where(Z != 0, _saturate(ratios * Z), 0.0), axis=0))
-    return Solution(w, coefficients, jnp.max(res))
+    w = pref + jnp.sum(_times_ratio(Z, n[:, None], jnp.broadcast_to(n[None, :], (T, T))), axis=0)  # (n_i / n_t) z_it
+    return Solution(_saturate(w), coefficients, jnp.max(res))
 
 
 def upgrad_weights(
@@ -767,7 +803,7 @@ def dualproj_solution(
     nt = _ratio(n, jnp.full_like(n, nmax))
     b = pref * nt
     a, z, res = _project_above(C, b, cap)
-    w = pref + jnp.where(z != 0, _ratio(z, nt), 0.0)
+    w = pref + _times_ratio(z, jnp.full_like(n, nmax), n)  # pref_t + z_t max_s ||g_s|| / ||g_t||
     return Solution(_saturate(w), a * nmax, res)
 
 
@@ -782,14 +818,22 @@ upgrad_solution.__doc__ = upgrad_solution.__doc__.replace("{note}", _TORCHJD_DUA
 dualproj_solution.__doc__ = dualproj_solution.__doc__.replace("{note}", _TORCHJD_DUAL_CONE_NOTE)
 
 
-def _rows_factored(P: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Norms and cosines of the vectors p_t = sum_k P_tk u_k (u_k unit vectors with cosines C), scale-safe."""
-    e = _pow2_exponent(jnp.max(jnp.abs(P), axis=1))
-    Ph = jnp.ldexp(P, -e[:, None])
+def _log_rows_factored(logscale: jax.Array, Ph: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Log-norms and cosines of p_t = exp(logscale_t) sum_k Ph_tk u_k (u_k unit vectors with cosines C)."""
+    e = _pow2_exponent(jnp.max(jnp.abs(Ph), axis=1))
+    Ph = jnp.ldexp(Ph, -e[:, None])
     Gh = Ph @ C @ Ph.T
     Gh = 0.5 * (Gh + Gh.T)
     d = jnp.sqrt(jnp.maximum(jnp.diagonal(Gh), 0.0))
-    return jnp.ldexp(d, e), _cosines(Gh, d)
+    logn = logscale + _log(d) + e.astype(d.dtype) * np.log(2.0)
+    return logn, _cosines(Gh, d)
+
+
+def _log_cnorm(loga: jax.Array, ahat: jax.Array, C: jax.Array) -> jax.Array:
+    """log ||sum_t exp(loga_t) ahat_t u_t||, for scale factors beyond the dtype's range (-inf for 0)."""
+    top = jnp.max(loga)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return top + _log(_cnorm(ahat * jnp.exp(loga - top), C))
 
 
 def cagrad_solution(
@@ -856,47 +900,55 @@ def cagrad_solution(
     inner_cap = _active_set_cap(num_inner, T)
     dtype = C.dtype
     eps = jnp.finfo(dtype).eps
-    nmax = jnp.max(n)
-    nt = _ratio(n, jnp.full_like(n, nmax))  # norms relative to the largest
-    h = nt / T  # g0 = nmax sum_k h_k u_k
-    rt = c * _cnorm(h, C)  # r / nmax
-    mean = jnp.full((T,), 1.0 / T, dtype)
     divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
+    mean = jnp.full((T,), 1.0 / T, dtype)
+    # Scales as logarithms relative to the largest norm, so that ratios beyond the dtype's range stay exact.
+    logn = _log(n)
+    zero_jacobian = ~(jnp.max(logn) > -jnp.inf)
+    lognt = jnp.where(zero_jacobian, -jnp.inf, logn - jnp.where(zero_jacobian, 0.0, jnp.max(logn)))
+    h = jnp.exp(lognt) / T  # g0 = max_t ||g_t|| sum_k h_k u_k
+    log_hmax = _log(jnp.max(h))
+    log_rt = _log(jnp.asarray(c, dtype) * _cnorm(h, C))  # log(r / max_t ||g_t||)
+    radius = (log_rt > -jnp.inf) & ~zero_jacobian
 
     def inner(ell):
-        """At s = exp(ell) (relative to nmax): the weights w(s), g_w's unit coefficients, psi = ||g_w||, residual."""
-        lam = jnp.exp(ell) / jnp.where(rt > 0, rt, 1)
-        P = jnp.diag(nt) + lam * h[None, :]  # p_t = g_t - y(s) on the unit basis
-        pn, pC = _rows_factored(P, C)
-        w, ahat, pmin, res = _min_norm(pn, pC, inner_cap)
-        has_zero = ~jnp.all(pn > 0)
-        a = jnp.where(has_zero, w * nt, ahat * pmin * _ratio(nt, pn))
-        return w, a, _cnorm(a, C), res
+        """At s = exp(ell) max_t ||g_t||: w(s), g_w = sum_t exp(loga_t) coef_t u_t, log ||g_w|| and the residual."""
+        loglam = ell - jnp.where(radius, log_rt, 0.0)  # y(s) = -lam g0, lam = s / r
+        m = jnp.maximum(lognt, loglam + log_hmax)  # log of row t's largest entry
+        eye = jnp.eye(T, dtype=dtype)
+        Ph = eye * jnp.exp(lognt - m)[:, None] + jnp.exp(loglam - m)[:, None] * h[None, :]  # p_t = g_t - y(s)
+        logpn, pC = _log_rows_factored(m, Ph, C)
+        rho, has_zero, log_pmin = _log_ratios_to_min(logpn)
+        w, ahat, res = _min_norm(rho, has_zero, pC, inner_cap)
+        safe = jnp.where(has_zero, 0.0, log_pmin - logpn)
+        loga = jnp.where(has_zero, lognt, safe + lognt)  # g_w = sum_t w_t g_t, w_t = exp(log_pmin - logpn_t) ahat_t
+        coef = jnp.where(has_zero, w, ahat)
+        return w, loga, coef, _log_cnorm(loga, coef, C), res
 
-    def fval(ell, psi):
-        return jnp.where(psi > 0, ell - jnp.log(jnp.where(psi > 0, psi, 1)), jnp.inf)
+    def fval(ell, log_psi):
+        return jnp.where(log_psi > -jnp.inf, ell - log_psi, jnp.inf)
 
-    # bracket: psi(s) >= min-norm m0 of the hull, and psi(s) <= max_t ||g_t|| (= 1 here)
-    w0, ahat0, m0n, _ = _min_norm(nt, C, inner_cap)
-    m0 = _cnorm(ahat0 * m0n, C)
-    pos = nt > 0
-    floor = eps * jnp.min(jnp.where(pos, nt, 1.0))
-    lo = jnp.log(jnp.maximum(m0, floor))
-    hi = jnp.zeros((), dtype)
-    w_lo, a_lo, psi_lo, res_lo = inner(lo)
-    f_lo = fval(lo, psi_lo)
-    w_hi, a_hi, psi_hi, res_hi = inner(hi)
-    f_hi = fval(hi, psi_hi)
-    ftol = 16 * T * eps
-    # state: lo, f_lo, hi, f_hi, side (last replaced end: -1 lo, +1 hi, 0 none), best (ell, w, a, psi, res, |f|), it, done
-    start_lo = f_lo >= 0  # the root is below the floor: s* ~ 0
-    start_hi = f_hi <= 0
-    best0 = jax.tree.map(
-        lambda x, y: jnp.where(start_lo | (jnp.abs(f_lo) <= jnp.abs(f_hi)), x, y),
-        (w_lo, a_lo, psi_lo, res_lo, jnp.abs(f_lo)),
-        (w_hi, a_hi, psi_hi, res_hi, jnp.abs(f_hi)),
+    # Bracket in ell = log(s / max norm): psi(s) >= m0, the min-norm of the hull, and psi(s) <= 1. When m0 is
+    # at rounding level (0 in the hull, up to rounding) the lower end is that rounding level instead.
+    rho0, has_zero0, log_m0min = _log_ratios_to_min(lognt)
+    _, ahat0, _ = _min_norm(rho0, has_zero0, C, inner_cap)
+    log_noise = jnp.log(10.0 * jnp.sqrt(T * eps))
+    ahat0_c, ahat0_2 = _cnorm(ahat0, C), jnp.sqrt(jnp.sum(ahat0 * ahat0))
+    lo_is_floor = has_zero0 | (ahat0_c <= 10.0 * jnp.sqrt(T * eps) * ahat0_2)
+    lo = jnp.where(
+        lo_is_floor,
+        log_noise + jnp.where(has_zero0, 0.0, log_m0min + _log(ahat0_2)),
+        jnp.where(has_zero0, 0.0, log_m0min) + _log(ahat0_c),
     )
-    done0 = start_lo | start_hi | (rt <= 0) | (nmax <= 0) | (best0[4] <= ftol)
+    hi = jnp.zeros((), dtype)
+    ends = jax.vmap(inner)(jnp.stack([lo, hi]))
+    f_ends = jax.vmap(fval)(jnp.stack([lo, hi]), ends[3])
+    f_lo, f_hi = f_ends[0], f_ends[1]
+    ftol = 16 * T * eps
+    start_lo = f_lo >= 0  # the root is at lo (s* = m0) or, when lo is the rounding floor, s* ~ 0
+    pick_lo = start_lo | (jnp.abs(f_lo) <= jnp.abs(f_hi))
+    best0 = jax.tree.map(lambda x: jnp.where(pick_lo, x[0], x[1]), ends + (jnp.abs(f_ends),))
+    done0 = start_lo | (f_hi <= 0) | ~radius | (best0[5] <= ftol)
 
     def cond(state):
         *_, it, done = state
@@ -908,28 +960,37 @@ def cagrad_solution(
         secant = jnp.where(finite, (lo * f_hi - hi * f_lo) / jnp.where(finite, f_hi - f_lo, 1), 0.5 * (lo + hi))
         margin = 1e-3 * (hi - lo)
         ell = jnp.clip(secant, lo + margin, hi - margin)
-        w, a, psi, res = inner(ell)
-        f = fval(ell, psi)
+        out = inner(ell)
+        f = fval(ell, out[3])
         go_lo = f <= 0  # the root is above ell
         new_lo = jnp.where(go_lo, ell, lo)
         new_flo = jnp.where(go_lo, f, jnp.where(side == 1, 0.5 * f_lo, f_lo))  # Illinois: halve the end kept twice
         new_hi = jnp.where(go_lo, hi, ell)
         new_fhi = jnp.where(go_lo, jnp.where(side == -1, 0.5 * f_hi, f_hi), f)
         new_side = jnp.where(go_lo, -1, 1).astype(jnp.int32)
-        cand = (w, a, psi, res, jnp.abs(f))
-        better = cand[4] <= best[4]
+        cand = out + (jnp.abs(f),)
+        better = cand[5] <= best[5]
         best = jax.tree.map(lambda x, y: jnp.where(better, x, y), cand, best)
-        done = (best[4] <= ftol) | (new_hi - new_lo <= 4 * eps * jnp.maximum(1.0, jnp.abs(ell)))
+        done = (best[5] <= ftol) | (new_hi - new_lo <= 4 * eps * jnp.maximum(1.0, jnp.abs(ell)))
         return new_lo, new_flo, new_hi, new_fhi, new_side, best, it + 1, done
 
     state = (lo, f_lo, hi, f_hi, jnp.zeros((), jnp.int32), best0, jnp.zeros((), jnp.int32), done0)
     *_, best, _, _ = jax.lax.while_loop(cond, body, state)
-    w_star, a_star, psi, res_inner, fgap = best
-    degenerate = (psi <= 10.0 * jnp.sqrt(T * eps) * jnp.sqrt(jnp.sum(a_star * a_star))) | start_lo
-    ok = (rt > 0) & (nmax > 0) & ~degenerate
-    lam_d = jnp.where(ok, rt / jnp.where(ok, psi, 1), 0.0)
-    weights = _saturate(mean + lam_d * w_star) / divisor
-    coefficients = jnp.where(ok, h + lam_d * a_star, h) * nmax / divisor
+    w_star, loga, coef, log_psi, res_inner, fgap = best
+    top = jnp.max(loga)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    log_anorm = top + _log(jnp.sqrt(jnp.sum((coef * jnp.exp(loga - top)) ** 2)))
+    degenerate = (start_lo & lo_is_floor) | (log_psi <= log_noise + log_anorm)
+    ok = radius & ~degenerate
+    log_lam = jnp.where(ok, log_rt - log_psi, -jnp.inf)  # log(r / ||g_w*||)
+    big = jnp.log(jnp.finfo(dtype).max)
+    log_div = float(np.log(divisor))
+    extra = jnp.where(ok & (w_star > 0), jnp.exp(jnp.minimum(log_lam - log_div + _log(w_star), big)), 0.0)
+    weights = _saturate(mean / divisor + extra)
+    lognmax = jnp.where(zero_jacobian, 0.0, jnp.max(logn))
+    scale = jnp.exp(jnp.minimum(lognmax + log_lam - log_div + loga, big))
+    extra_coef = jnp.where(ok & (coef != 0), _saturate(scale * coef), 0.0)
+    coefficients = _saturate(n / (T * divisor) + extra_coef)
     residual = jnp.where(ok, jnp.maximum(res_inner, jnp.where(jnp.isfinite(fgap), fgap, jnp.inf)), 0.0)
     return Solution(weights, coefficients, residual.astype(dtype))
 
