@@ -4,13 +4,20 @@ Each step computes, from one forward pass,
 
 * the Jacobian J of the task losses with respect to the shared parameters (``problem.shared``), by T
   vector-Jacobian products batched with ``jax.vmap`` (as :func:`orthojax.task_jacobian` does);
-* the Gramian G = J J^T and the task weights w = weights_fn(G) (:mod:`orthojax.methods.gramian`);
-* the shared-parameter gradient d = w @ J;
+* the Gramian in scale-safe factored form (task-gradient norms and cosines, :func:`~orthojax.methods.
+  gramian.scaled_gramian`) and the method's :class:`~orthojax.methods.gramian.Solution`;
+* the shared-parameter gradient d = sum_t a_t g_t / ||g_t|| from the solution's unit-gradient coefficients
+  (:func:`~orthojax.methods.gramian.combine_unit`; equal to w @ J, and right even where a weight w_t is
+  beyond the dtype's range, e.g. float32 task gradients with norms 1e-30 and 1e30 in one step);
 * the gradient of sum_t L_t for every other parameter: each task-specific decoder only sees its own loss,
   so this is its own task gradient, untouched by the aggregation.
 
 ``MethodStep.loss`` is sum_t L_t (for logging: the update is not the gradient of one scalar);
-metrics: "task_weights" (T,) and "gramian" (T, T). The weights are computed under ``stop_gradient``.
+metrics: "task_weights" (T,), "gramian" (T, T) (exact where representable; entries beyond the dtype's
+range are 0 or inf), "grad_norms" (T,) ||g_t||, and for the methods with an iterative solver (MGDA,
+UPGrad, DualProj, CAGrad) "solver_residual", the optimality residual the solver reached (see each
+``*_solution`` in :mod:`orthojax.methods.gramian` for its definition and tolerance). The weights are
+computed under ``stop_gradient``.
 
 Example::
 
@@ -33,7 +40,7 @@ from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_los
 from orthojax.select import make_selection
 
 PyTree = Any
-WeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
+SolveFn = Callable[[gm.ScaledGramian, jax.Array], gm.Solution]
 
 __all__ = [
     "AGGREGATORS",
@@ -83,7 +90,7 @@ def jacobian_step(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: ja
     return losses, aux, jacobian, rest_grads, selection, rest_indices
 
 
-def _aggregation_method(name: str, weights_fn: WeightsFn, min_tasks: int = 1) -> Method:
+def _aggregation_method(name: str, solve_fn: SolveFn, min_tasks: int = 1, iterative: bool = False) -> Method:
     def init(params: PyTree, num_tasks: int) -> tuple:
         if num_tasks < min_tasks:
             raise ValueError(f"{name} needs at least {min_tasks} tasks; got {num_tasks}")
@@ -92,16 +99,21 @@ def _aggregation_method(name: str, weights_fn: WeightsFn, min_tasks: int = 1) ->
     def step(problem: MultiTaskProblem, params: PyTree, state: tuple, batch: Any, rng: jax.Array) -> MethodStep:
         losses, aux, jacobian, rest_grads, selection, rest_indices = jacobian_step(problem, params, batch, rng)
         jac = jax.lax.stop_gradient(jacobian)
-        G = gm.gramian(jac)
-        w = jax.lax.stop_gradient(weights_fn(G, rng))
-        shared_grads = gm.combine(w, jac)
+        exponents, scaled = gm._scaled_parts(jac)
+        G = gm._gramian_from_parts(exponents, scaled)
+        S = gm._scaled_from_parts(exponents, scaled)
+        sol = jax.lax.stop_gradient(solve_fn(S, rng))
+        w = sol.weights
+        shared_grads = gm.combine_unit(sol.coefficients, jac, S.norms)
         leaves = list(selection.leaves)
         for i, g in zip(selection.indices, shared_grads):
             leaves[i] = g
         for i, g in zip(rest_indices, rest_grads):
             leaves[i] = g
         grads = selection.treedef.unflatten(leaves)
-        metrics = {"task_weights": w, "gramian": G}
+        metrics = {"task_weights": w, "gramian": G, "grad_norms": S.norms}
+        if iterative:
+            metrics["solver_residual"] = sol.residual
         return MethodStep(grads, state, jnp.sum(losses), losses, aux, metrics)
 
     return Method(name=name, init=init, step=step)
@@ -116,15 +128,15 @@ def _check_pref(pref: Any, name: str) -> Optional[tuple]:
     return values
 
 
-def mgda(num_iters: int = 100) -> Method:
-    """MGDA: the min-norm element of the convex hull of the shared task gradients (:func:`mgda_weights`).
+def mgda(num_iters: Optional[int] = None) -> Method:
+    """MGDA: the min-norm element of the convex hull of the shared task gradients (:func:`~orthojax.methods.
+    gramian.mgda_solution`; exact active-set solver, metric "solver_residual").
 
     Args:
-      num_iters: Frank-Wolfe steps of the T x T solver.
+      num_iters: cap on the solver's active-set iterations; None (default): 10 T + 50.
     """
-    if not isinstance(num_iters, int) or isinstance(num_iters, bool) or num_iters < 0:
-        raise ValueError(f"mgda: num_iters must be a non-negative integer; got {num_iters!r}")
-    return _aggregation_method("mgda", lambda G, rng: gm.mgda_weights(G, num_iters=num_iters))
+    gm._check_cap(num_iters, "num_iters", "mgda", minimum=0)
+    return _aggregation_method("mgda", lambda S, rng: gm.mgda_solution(S, num_iters=num_iters), iterative=True)
 
 
 def pcgrad(random_order: bool = True) -> Method:
@@ -137,22 +149,23 @@ def pcgrad(random_order: bool = True) -> Method:
     if not isinstance(random_order, bool):
         raise ValueError(f"pcgrad: random_order must be a bool; got {random_order!r}")
 
-    def weights_fn(G, rng):
+    def solve_fn(S, rng):
         key = jax.random.fold_in(rng, _PCGRAD_KEY_SALT) if random_order else None
-        return gm.pcgrad_weights(G, key)
+        return gm.pcgrad_solution(S, key)
 
-    return _aggregation_method("pcgrad", weights_fn)
+    return _aggregation_method("pcgrad", solve_fn)
 
 
 def imtl_g(eps: Optional[float] = None) -> Method:
     """IMTL-G: equal projections of the shared update on every unit task gradient (:func:`imtl_g_weights`).
 
     Args:
-      eps: threshold below which |sum(v)| gives zero weights (default 100 * machine epsilon).
+      eps: threshold below which the normalising sum gives zero weights (default 100 * machine epsilon;
+        see :func:`~orthojax.methods.gramian.imtl_g_solution`).
     """
     if eps is not None:
         gm._check_nonneg_float(eps, "eps", "imtl_g")
-    return _aggregation_method("imtl_g", lambda G, rng: gm.imtl_g_weights(G, eps=eps))
+    return _aggregation_method("imtl_g", lambda S, rng: gm.imtl_g_solution(S, eps=eps))
 
 
 def aligned_mtl(pref: Optional[Any] = None) -> Method:
@@ -162,58 +175,67 @@ def aligned_mtl(pref: Optional[Any] = None) -> Method:
       pref: optional (T,) preference weights (default 1/T each).
     """
     pref = _check_pref(pref, "aligned_mtl")
-    return _aggregation_method("aligned_mtl", lambda G, rng: gm.aligned_mtl_weights(G, pref))
+    return _aggregation_method("aligned_mtl", lambda S, rng: gm.aligned_mtl_solution(S, pref))
 
 
-def upgrad(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: int = 2000) -> Method:
-    """UPGrad: the sum of the projections of the task gradients onto the dual cone (:func:`upgrad_weights`).
+def upgrad(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: Optional[int] = None) -> Method:
+    """UPGrad: the sum of the projections of the task gradients onto the dual cone (:func:`~orthojax.methods.
+    gramian.upgrad_solution`; exact active-set solver, metric "solver_residual").
 
     Args:
       pref: optional (T,) preference weights (default 1/T each).
-      reg_eps: regularisation of the normalised Gramian.
-      num_iters: iterative-solver steps, used for T > 10 only.
+      reg_eps: regularisation of the normalised Gramian (0: exact, per-task scale invariant).
+      num_iters: cap on the solver's active-set iterations per QP; None (default): 10 T + 50.
     """
     pref = _check_pref(pref, "upgrad")
     gm._check_nonneg_float(reg_eps, "reg_eps", "upgrad")
-    gm._check_positive_int(num_iters, "num_iters", "upgrad")
+    gm._check_cap(num_iters, "num_iters", "upgrad")
     return _aggregation_method(
-        "upgrad", lambda G, rng: gm.upgrad_weights(G, pref, reg_eps=reg_eps, num_iters=num_iters)
+        "upgrad", lambda S, rng: gm.upgrad_solution(S, pref, reg_eps=reg_eps, num_iters=num_iters), iterative=True
     )
 
 
-def dualproj(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: int = 2000) -> Method:
-    """DualProj: the projection of the mean task gradient onto the dual cone (:func:`dualproj_weights`).
+def dualproj(pref: Optional[Any] = None, reg_eps: float = 1e-4, num_iters: Optional[int] = None) -> Method:
+    """DualProj: the projection of the mean task gradient onto the dual cone (:func:`~orthojax.methods.
+    gramian.dualproj_solution`; exact active-set solver, metric "solver_residual").
 
     Args:
       pref: optional (T,) preference weights (default 1/T each).
-      reg_eps: regularisation of the normalised Gramian.
-      num_iters: iterative-solver steps, used for T > 10 only.
+      reg_eps: regularisation of the normalised Gramian (0: exact).
+      num_iters: cap on the solver's active-set iterations; None (default): 10 T + 50.
     """
     pref = _check_pref(pref, "dualproj")
     gm._check_nonneg_float(reg_eps, "reg_eps", "dualproj")
-    gm._check_positive_int(num_iters, "num_iters", "dualproj")
+    gm._check_cap(num_iters, "num_iters", "dualproj")
     return _aggregation_method(
-        "dualproj", lambda G, rng: gm.dualproj_weights(G, pref, reg_eps=reg_eps, num_iters=num_iters)
+        "dualproj",
+        lambda S, rng: gm.dualproj_solution(S, pref, reg_eps=reg_eps, num_iters=num_iters),
+        iterative=True,
     )
 
 
-def cagrad(c: float = 0.4, rescale: int = 1, num_outer: int = 30, num_inner: int = 30) -> Method:
-    """CAGrad: the conflict-averse direction in a ball of radius c ||g0|| around the mean gradient (:func:`cagrad_weights`).
+def cagrad(
+    c: float = 0.4, rescale: int = 1, num_outer: Optional[int] = None, num_inner: Optional[int] = None
+) -> Method:
+    """CAGrad: the conflict-averse direction in a ball of radius c ||g0|| around the mean gradient
+    (:func:`~orthojax.methods.gramian.cagrad_solution`; metric "solver_residual").
 
     Args:
       c: relative radius, >= 0.
-      rescale: 0 (none), 1 (divide by 1 + c^2, the paper's code default) or 2 (divide by 1 + c).
-      num_outer: alternation steps of the solver.
-      num_inner: Frank-Wolfe steps per alternation.
+      rescale: 0 (none; TorchJD's CAGrad), 1 (divide by 1 + c^2, the paper's code default) or 2 (divide by
+        1 + c).
+      num_outer: cap on the root-finding iterations of the solver; None (default): 100.
+      num_inner: cap on the active-set iterations of each inner solve; None (default): 10 T + 50.
     """
     gm._check_nonneg_float(c, "c", "cagrad")
     if rescale not in (0, 1, 2) or isinstance(rescale, bool):
         raise ValueError(f"cagrad: rescale must be 0, 1 or 2; got {rescale!r}")
-    gm._check_positive_int(num_outer, "num_outer", "cagrad")
-    gm._check_positive_int(num_inner, "num_inner", "cagrad")
+    gm._check_cap(num_outer, "num_outer", "cagrad")
+    gm._check_cap(num_inner, "num_inner", "cagrad")
     return _aggregation_method(
         "cagrad",
-        lambda G, rng: gm.cagrad_weights(G, c, rescale=rescale, num_outer=num_outer, num_inner=num_inner),
+        lambda S, rng: gm.cagrad_solution(S, c, rescale=rescale, num_outer=num_outer, num_inner=num_inner),
+        iterative=True,
     )
 
 
