@@ -82,7 +82,7 @@ def test_layer_cosines_match_per_task_gradients():
 
 def test_layer_cosines_errors():
     problem, params = _problem()
-    with pytest.raises(KeyError, match="closest"):
+    with pytest.raises(KeyError, match="(?i)closest"):
         layer_cosines(problem, params, None, None, ("encoder/conv3",))
     with pytest.raises(ValueError, match="not inside problem.shared"):
         layer_cosines(problem, params, None, None, ("heads/t0",))
