@@ -97,8 +97,10 @@ def command_scope(workdir: str) -> Iterator[StopRequest]:
         try:
             yield stop
         except RunInterrupted as interrupted:
-            print(f"signal {interrupted.signum}: stopped at a checkpoint in {interrupted.workdir}; no other run was "
-                  f"started. Continue with the same command and --resume.", file=sys.stderr, flush=True)
+            where = (f"stopped at a checkpoint in {interrupted.workdir}" if os.path.isdir(interrupted.workdir)
+                     else f"stopped before the run in {interrupted.workdir} started")
+            print(f"signal {interrupted.signum}: {where}; no other run was started. Continue with the same "
+                  f"command and --resume.", file=sys.stderr, flush=True)
             raise SystemExit(128 + int(interrupted.signum)) from None
         finally:
             if lock is not None:

@@ -13,6 +13,8 @@ spellings are accepted (:data:`ALIASES`): ``get_method("EW")``, ``"Equal"``, ``"
 
 from __future__ import annotations
 
+import inspect
+
 import difflib
 import re
 from typing import Any, Callable, Iterable
@@ -141,6 +143,15 @@ def get_method(name: str, **hyperparameters: Any) -> Method:
 
     Raises:
       KeyError: an unknown name (the message lists the closest and all known ones).
-      TypeError: a hyper-parameter the method does not take.
+      TypeError: a hyper-parameter the method does not take, or a required one missing (the message names
+        the method's signature).
     """
-    return METHODS[resolve_method_name(name)](**hyperparameters)
+    canonical = resolve_method_name(name)
+    factory = METHODS[canonical]
+    try:
+        inspect.signature(factory).bind(**hyperparameters)
+    except TypeError as error:
+        raise TypeError(
+            f"get_method({name!r}) -> {canonical}{inspect.signature(factory)}: {error}"
+        ) from None
+    return factory(**hyperparameters)
