@@ -517,3 +517,14 @@ def test_docstrings_state_the_differences_from_torchjd():
         assert "trace(G) = ||J||_F^2 < norm_eps = 1e-4" in fn.__doc__ and "convex" in fn.__doc__
     doc = gm.cagrad_solution.__doc__
     assert "trace(G) = ||J||_F^2 < 1e-4" in doc and "convex hull" in doc and "rescale=0" in doc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_gramian_gives_nan_not_a_guess(name):
+    # e.g. a Gramian formed in float32 from gradients with norms above ~1.8e19 (use scaled_gramian instead)
+    fn = jax.jit(getattr(gm, f"{name}_weights"))
+    for bad in (np.inf, np.nan):
+        G = jnp.asarray([[bad, 0.0, 0.0], [0.0, 1.0, 0.5], [0.0, 0.5, 1.0]], jnp.float32)
+        assert np.all(np.isnan(np.asarray(fn(G)))), (name, bad)
+    J = jnp.asarray([[1.0, np.nan], [0.0, 1.0]], jnp.float32)
+    assert np.all(np.isnan(np.asarray(getattr(gm, f"{name}_weights")(gm.scaled_gramian(J)))))

@@ -265,7 +265,8 @@ def test_gramian_exact_where_representable_float32():
     # entries ~3e-20: every product flushes to zero in float32, their sum (~1e-36) does not; entries ~1e17 in
     # one row, ~1e-17 in the other: every cross product is ~1, the squares overflow / flush on their own
     rng = np.random.default_rng(0)
-    for J64 in (3e-20 * rng.normal(size=(3, 1000)), np.stack([1e17 * rng.normal(size=400), 1e-17 * rng.normal(size=400)])):
+    mixed = np.stack([1e17 * rng.normal(size=400), 1e-17 * rng.normal(size=400)])
+    for J64 in (3e-20 * rng.normal(size=(3, 1000)), mixed):
         J32 = J64.astype(np.float32)
         J64 = J32.astype(np.float64)
         G = np.asarray(gm.gramian([jnp.asarray(J32[:, :7]), jnp.asarray(J32[:, 7:])]), np.float64)

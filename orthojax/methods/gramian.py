@@ -20,7 +20,10 @@ work on the factored form G = diag(n) C diag(n) (:class:`ScaledGramian`: the tas
 the cosine matrix C, both representable whenever the gradients are), putting the scales back
 analytically. Every weighting is invariant to a global rescaling of J by any positive factor (d scales
 with J); where a method is invariant to rescaling single tasks (the direction of IMTL-G; the per-task
-terms of PCGrad and of UPGrad with ``reg_eps=0``) so is the implementation, for any float32 factors. The
+terms of PCGrad and of UPGrad with ``reg_eps=0``) so is the implementation, for any float32 factors; and a
+task whose gradient is tiny next to the others keeps its exact influence in MGDA, PCGrad, IMTL-G, CAGrad
+and, with ``reg_eps=0``, UPGrad and DualProj (with reg_eps > 0 those two, like Aligned-MTL's rank
+tolerance, measure small tasks against ||J||_F by definition). The
 direction is best formed from the unit-gradient coefficients a_t = w_t ||g_t|| (``Solution.coefficients``,
 :func:`combine_unit`): they stay representable where a weight w_t alone would not (e.g. MGDA with task
 norms 1e-30 and 1e30: w_t ~ 1e-60). Weights whose true value exceeds the dtype's range saturate at its
@@ -44,6 +47,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -275,11 +279,6 @@ def _check_gramian(G: GramianLike, name: str) -> int:
     return shape[0]
 
 
-def _check_positive_int(value: Any, what: str, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: {what} must be a positive integer; got {value!r}")
-
-
 def _check_cap(value: Any, what: str, name: str, minimum: int = 1) -> None:
     """An optional iteration cap: None (automatic) or an integer >= minimum."""
     if value is None:
@@ -490,11 +489,25 @@ def _as_factored(G: GramianLike, name: str) -> tuple[int, jax.Array, jax.Array]:
     return T, S.norms, S.cosines
 
 
+def _nan_in_nan_out(fn):
+    """A non-finite Gramian (or Jacobian) gives NaN weights, coefficients and residual, never finite guesses."""
+
+    @functools.wraps(fn)
+    def wrapped(G, *args, **kwargs):
+        sol = fn(G, *args, **kwargs)
+        S = as_scaled_gramian(G)
+        bad = ~(jnp.all(jnp.isfinite(S.norms)) & jnp.all(jnp.isfinite(S.cosines)))
+        return Solution(*(jnp.where(bad, jnp.nan, x).astype(x.dtype) for x in sol))
+
+    return wrapped
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Weightings
 # --------------------------------------------------------------------------------------------------------------
 
 
+@_nan_in_nan_out
 def mgda_solution(G: GramianLike, *, num_iters: Optional[int] = None) -> Solution:
     """MGDA: the weights of the minimum-norm point of the convex hull of the task gradients.
 
@@ -543,6 +556,7 @@ def pcgrad_order(rng: jax.Array, num_tasks: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(keys)
 
 
+@_nan_in_nan_out
 def pcgrad_solution(
     G: GramianLike, rng: Optional[jax.Array] = None, *, order: Optional[jax.Array] = None
 ) -> Solution:
@@ -603,6 +617,7 @@ def pcgrad_weights(G: GramianLike, rng: Optional[jax.Array] = None, *, order: Op
     return pcgrad_solution(G, rng, order=order).weights
 
 
+@_nan_in_nan_out
 def imtl_g_solution(G: GramianLike, *, eps: Optional[float] = None) -> Solution:
     """IMTL-G: weights whose direction has equal projections on every task's unit gradient.
 
@@ -650,6 +665,7 @@ def imtl_g_weights(G: GramianLike, *, eps: Optional[float] = None) -> jax.Array:
     return imtl_g_solution(G, eps=eps).weights
 
 
+@_nan_in_nan_out
 def aligned_mtl_solution(G: GramianLike, pref: Optional[Any] = None) -> Solution:
     """Aligned-MTL: align the task gradients into orthogonal directions of equal norm, then weight them.
 
@@ -706,7 +722,8 @@ _TORCHJD_DUAL_CONE_NOTE = """
 
 
 def _project_above(H: jax.Array, u: jax.Array, max_iter: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(v, z, residual): v = argmin_{v >= u} v^T H v via z = v - u = NNLS(H, H u); residual = max_t |min(z_t, (H v)_t)|."""
+    """(v, z, residual): v = argmin_{v >= u} v^T H v via z = v - u = NNLS(H, H u);
+    residual = max_t |min(z_t, (H v)_t)|."""
     z = _nnls(H, H @ u, max_iter)
     v = u + z
     return v, z, _natural_residual(z, H @ v)
@@ -719,6 +736,7 @@ def _dual_cone_setup(G, pref, reg_eps, num_iters, name):
     return T, n, C, _preference(pref, T, C.dtype, name), _active_set_cap(num_iters, T)
 
 
+@_nan_in_nan_out
 def upgrad_solution(
     G: GramianLike, pref: Optional[Any] = None, *, reg_eps: float = 1e-4, num_iters: Optional[int] = None
 ) -> Solution:
@@ -775,6 +793,7 @@ def upgrad_weights(
     return upgrad_solution(G, pref, reg_eps=reg_eps, num_iters=num_iters).weights
 
 
+@_nan_in_nan_out
 def dualproj_solution(
     G: GramianLike, pref: Optional[Any] = None, *, reg_eps: float = 1e-4, num_iters: Optional[int] = None
 ) -> Solution:
@@ -843,6 +862,7 @@ def _log_cnorm(loga: jax.Array, ahat: jax.Array, C: jax.Array) -> jax.Array:
     return top + _log(_cnorm(ahat * jnp.exp(loga - top), C))
 
 
+@_nan_in_nan_out
 def cagrad_solution(
     G: GramianLike,
     c: float = 0.4,
