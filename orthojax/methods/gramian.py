@@ -522,8 +522,10 @@ def mgda_solution(G: GramianLike, *, num_iters: Optional[int] = None) -> Solutio
     ~2.7e-15 in float64 for O(1) weights), whatever T. ``Solution.residual`` is the KKT residual reached,
     max_t |min(ahat_t, (C ahat)_t - ||d||^2 / (||g_t|| n_min))| (C the cosines): about 2 tol plus the rounding
     of the linear solves, below 1e-4 in float32 and 1e-10 in float64 for T <= 40 in the tests, singular
-    Gramians included. It bounds the violation of the no-conflict guarantee:
-    <g_t, d> >= ||d||^2 - residual * ||g_t|| n_min for every t.
+    Gramians included. It bounds the violation of the no-conflict guarantee in the solver's coordinates:
+    <g_t, d> >= ||d||^2 - residual * ||g_t|| n_min for every t; forming d = w @ J and the products in the
+    working dtype adds rounding of order eps * ||g_t|| * sum_s w_s ||g_s|| (measured up to 3x the
+    residual term in float32 on rank-deficient 20 x 30 Jacobians), so check the guarantee with that slack.
 
     Args:
       G: (T, T) Gramian or :class:`ScaledGramian`.
