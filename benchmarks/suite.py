@@ -152,6 +152,8 @@ def _method(row: str, model, latent: int):
         kwargs["latent_size"] = latent
     if name == "recon":
         kwargs["layers"] = (model.last_shared_layer(),)
+    if name == "single_task":
+        kwargs["task"] = 0
     return get_method(name, **kwargs)
 
 
