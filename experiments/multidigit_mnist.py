@@ -25,7 +25,9 @@ import optax
 
 from experiments.cli import build_parser, method_kwargs_from_args, number, parse_list, settings_overrides
 from experiments.paper_numbers import TABLE1_MULTIDIGIT
-from experiments.pipeline import EXIT_FAILED_RUNS, check_rows, command_scope, default_workdir, run_benchmark, setup_runtime
+from experiments.pipeline import (
+    EXIT_FAILED_RUNS, check_rows, command_scope, default_workdir, run_benchmark, run_command, setup_runtime,
+)
 from experiments.runner import Benchmark, Row, RunSettings, check_table, row_for, run_row
 from orthojax.data import multidigit_info, multidigit_mnist
 from orthojax.diagnostics import first_epoch_sigma
@@ -256,4 +258,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 from experiments.cli import add_segnet_flags, build_parser, method_kwargs_from_args, settings_overrides
 from experiments.dense import DENSE_ROWS, dense_benchmark, dwa_protocol
 from experiments.paper_numbers import TABLE2_NYUV2
-from experiments.pipeline import default_workdir, run_benchmark, setup_runtime
+from experiments.pipeline import default_workdir, run_benchmark, run_command, setup_runtime
 from experiments.runner import RunSettings, row_for
 from orthojax.data import dense_augment, load_nyuv2
 from orthojax.metrics import NORMAL_MASKS, NYUV2_HIGHER_IS_BETTER, delta_m
@@ -150,4 +150,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,10 +14,10 @@ import jax
 from experiments.report import Column, failed_runs, summarize, write_plots, write_results
 from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
 from orthojax.methods.registry import method_names, resolve_method_name
-from orthojax.training import StopRequest, WorkdirLock, initialize_distributed
+from orthojax.training import StopRequest, WorkdirError, WorkdirLock, initialize_distributed
 
 __all__ = ["EXIT_FAILED_RUNS", "check_rows", "command_scope", "compilation_cache_dir", "default_workdir",
-           "run_benchmark", "setup_runtime"]
+           "run_benchmark", "run_command", "setup_runtime"]
 
 EXIT_FAILED_RUNS = 1
 """Exit status of a command that finished with failed runs (they are listed in results.md); a command
@@ -159,3 +159,14 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(EXIT_FAILED_RUNS)
     return summary
+
+
+def run_command(main: Callable[[], Any]) -> None:
+    """Runs an experiment's ``main()`` as a command: a refusal found before training (a workdir in use, an
+    existing run, changed settings, missing or damaged checkpoints: :class:`~orthojax.training.WorkdirError`)
+    is one line on stderr and exit status 1, instead of a traceback; anything else propagates."""
+    try:
+        main()
+    except WorkdirError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

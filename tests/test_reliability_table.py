@@ -205,3 +205,23 @@ def test_a_command_on_a_workdir_in_use_is_refused(tmp_path):
             run_tiny_table(str(workdir), ["equal"], max_steps=1)
     run_tiny_table(str(workdir), ["equal"], max_steps=1)
     assert not (workdir / training.LOCK_FILE).exists()
+
+
+def test_a_refusal_on_the_command_line_is_one_line_and_exit_1(capsys):
+    from experiments.pipeline import run_command
+    from orthojax.training import RunExistsError
+
+    def main():
+        raise RunExistsError("/tmp/wd holds a run (checkpoint 20): resume it with --resume")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(main)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: /tmp/wd holds a run (checkpoint 20): resume it with --resume"
+
+    def bug():
+        raise ZeroDivisionError("a bug keeps its traceback")
+
+    with pytest.raises(ZeroDivisionError):
+        run_command(bug)
