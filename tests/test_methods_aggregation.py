@@ -205,3 +205,17 @@ def test_factories_validate_and_dispatch():
     params, _, _ = _toy()
     with pytest.raises(ValueError):
         loss_balancing.famo(min_losses=[0.0, 0.0, 0.0]).init(params, 2)
+
+
+@pytest.mark.parametrize("name", ["mgda", "pcgrad", "upgrad", "dualproj", "cagrad", "imtl_g", "aligned_mtl"])
+def test_cosine_diagnostic_comes_from_the_methods_own_jacobian(name, x64):
+    """The engine asks no extra Jacobian of these methods: their "cosine" is the last shared layer's."""
+    from orthojax.methods import get_method
+
+    params, problem, batch = _toy(jnp.float64)
+    rng = jax.random.key(1)
+    out = jax.jit(lambda p: get_method(name).step(problem, p, (), batch, rng))(params)
+    rows = [np.concatenate([np.ravel(g["encoder"]["dense2"][k]) for k in ("bias", "kernel")])
+            for g in _explicit(problem, params, batch, rng)]
+    unit = np.stack([r / np.linalg.norm(r) for r in rows])
+    np.testing.assert_allclose(np.asarray(out.metrics["cosine"]), unit @ unit.T, rtol=1e-10, atol=1e-12)

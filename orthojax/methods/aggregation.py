@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from orthojax.cosreg import cosine_matrix
 from orthojax.methods import gramian as gm
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.select import make_selection
@@ -90,6 +91,16 @@ def jacobian_step(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: ja
     return losses, aux, jacobian, rest_grads, selection, rest_indices
 
 
+def _last_shared_cosine(problem: MultiTaskProblem, params: PyTree, selection, jacobian: list):
+    """The (T, T) cosines of the last shared layer's rows of the shared Jacobian (None when that layer is not
+    among the shared parameters)."""
+    last = make_selection(params, problem.last_shared).indices
+    position = {index: k for k, index in enumerate(selection.indices)}
+    if not last or any(i not in position for i in last):
+        return None
+    return cosine_matrix([jacobian[position[i]] for i in last])
+
+
 def _aggregation_method(name: str, solve_fn: SolveFn, min_tasks: int = 1, iterative: bool = False) -> Method:
     def init(params: PyTree, num_tasks: int) -> tuple:
         if num_tasks < min_tasks:
@@ -114,6 +125,9 @@ def _aggregation_method(name: str, solve_fn: SolveFn, min_tasks: int = 1, iterat
         metrics = {"task_weights": w, "gramian": G, "grad_norms": S.norms}
         if iterative:
             metrics["solver_residual"] = sol.residual
+        cosine = _last_shared_cosine(problem, params, selection, jac)
+        if cosine is not None:  # the diagnostic from this Jacobian: the engine computes no extra one
+            metrics["cosine"] = cosine
         return MethodStep(grads, state, jnp.sum(losses), losses, aux, metrics)
 
     return Method(name=name, init=init, step=step)
