@@ -1,4 +1,4 @@
-"""NaN or Inf in an NYUv2 image is rejected by the reader, with the file named (issue 16, item 2), like
+"""NaN or Inf in an NYUv2 image is rejected by the reader, with the file named, like
 NaN or Inf in its depth and normals."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training engine never loses or misreports work (issue 16): a workdir held by one run at a time, a
+"""The training engine never loses or misreports work: a workdir held by one run at a time, a
 rerun refused before anything is rewritten, resume only with the run's own settings, checkpoints verified
 on restore (a damaged one skipped for the previous intact one), a workdir whose checkpoints are gone
 refused, and the non-finite limit exact."""

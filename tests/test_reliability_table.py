@@ -1,4 +1,4 @@
-"""A table of runs (the experiments' command) never loses or misreports work (issue 16): skipped
+"""A table of runs (the experiments' command) never loses or misreports work: skipped
 non-finite steps counted and reported, a failing row reported while the others run, SIGTERM stopping the
 whole command at a checkpoint, the command line and every run's workdir checked before anything trains or
 is written, resume only with the saved settings."""

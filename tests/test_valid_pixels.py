@@ -1,7 +1,7 @@
 """One rule for valid pixels across losses, metrics and data; DWA's period in the experiments.
 
 A depth pixel is valid where gt != 0; a surface normal is valid unless it is all-zero. The expected values
-are worked out by hand (or in float64 NumPy) on the example of issue 14: gt normals (0,0,1), (0,0,0),
+are worked out by hand (or in float64 NumPy) on this example: gt normals (0,0,1), (0,0,0),
 (1/sqrt2,-1/sqrt2,0), (0,1,0) with predictions at 10, any, 40 and 20 degrees from them.
 """
 
