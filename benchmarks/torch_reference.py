@@ -76,7 +76,6 @@ _VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512
 
 def make_segnet(heads: Sequence[tuple[str, int]], width: float, output_size: int):
     """SegNet (VGG16-BN encoder, one unpooling decoder per head); returns ``(model, W, losses_fn)``."""
-    import torch
     from torch import nn
 
     def block(c_in, c_out):

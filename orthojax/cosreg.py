@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from orthojax import second_order
 from orthojax.jacobian import task_jacobian
-from orthojax.select import Selector, make_selection
+from orthojax.select import Selector, leaf_paths, make_selection
 
 PyTree = Any
 
@@ -151,8 +151,6 @@ def _checked_selection(params: PyTree, wrt: Selector):
     bad = [(i, leaf) for i, leaf in zip(selection.indices, selection.selected)
            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
     if bad:
-        from orthojax.select import leaf_paths
-
         paths = leaf_paths(params)
         shown = ", ".join(f"{paths[i]} ({jnp.result_type(leaf)})" for i, leaf in bad[:3])
         raise ValueError(

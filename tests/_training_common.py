@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -235,3 +237,23 @@ def run_tiny_table(workdir: str, rows: list, settings=None, bench=None, **settin
     settings = settings if settings is not None else tiny_settings(**settings_overrides)
     return run_benchmark(bench or tiny_benchmark(), rows, settings, workdir, title="tiny", columns=TINY_COLUMNS,
                          paper={}, data_info={"name": "tiny"}, protocol={})
+
+
+def workdir_snapshot(workdir: str) -> dict:
+    """Every file under ``workdir`` with its bytes (the run lock aside): to show that nothing was written."""
+    from orthojax.training import LOCK_FILE
+
+    out = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            if name != LOCK_FILE:
+                out[os.path.relpath(path, workdir)] = open(path, "rb").read()
+    return out
+
+
+def logged_train_steps(workdir: str) -> list:
+    """The steps of the "train" records in ``workdir/metrics.jsonl``, in order."""
+
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [r["step"] for r in records if r["kind"] == "train"]

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _training_common import compilation_cache, flat_params, make_data, run  # noqa: E402
+from _training_common import (  # noqa: E402
+    compilation_cache, flat_params, logged_train_steps, make_data, run, workdir_snapshot,
+)
 
 from orthojax import training  # noqa: E402
 
@@ -31,22 +33,6 @@ TRAIN = make_data(48)  # 6 steps per epoch at batch 8
 COMMON = dict(train=TRAIN, method="equal", use_bn=False, cosine=False)
 
 
-def _snapshot(workdir) -> dict:
-    """Every file under ``workdir`` with its bytes (the lock file aside)."""
-    out = {}
-    for root, _, names in os.walk(workdir):
-        for name in names:
-            path = os.path.join(root, name)
-            if name != training.LOCK_FILE:
-                out[os.path.relpath(path, workdir)] = open(path, "rb").read()
-    return out
-
-
-def _train_steps(workdir) -> list:
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return [r["step"] for r in records if r["kind"] == "train"]
-
-
 def _assert_same_params(a, b):
     fa, fb = flat_params(a), flat_params(b)
     assert fa.keys() == fb.keys()
@@ -58,11 +44,11 @@ def _assert_same_params(a, b):
 def test_rerun_without_resume_is_refused_before_anything_is_rewritten(tmp_path):
     workdir = str(tmp_path / "run")
     run(workdir, max_steps=2, **COMMON)
-    before = _snapshot(workdir)
+    before = workdir_snapshot(workdir)
     with pytest.raises(training.RunExistsError, match="resume it") as error:
         run(workdir, max_steps=3, lr=1e-3, **COMMON)  # other settings too: config.json must stay as it was
     assert isinstance(error.value, FileExistsError)
-    assert _snapshot(workdir) == before  # no rewritten config.json, no new TensorBoard file
+    assert workdir_snapshot(workdir) == before  # no rewritten config.json, no new TensorBoard file
     assert not os.path.exists(os.path.join(workdir, training.LOCK_FILE))
 
 
@@ -70,17 +56,17 @@ def test_rerun_without_resume_is_refused_before_anything_is_rewritten(tmp_path):
 def test_resume_refuses_changed_settings_by_name_and_allows_harmless_ones(tmp_path):
     workdir = str(tmp_path / "run")
     run(workdir, max_steps=2, **COMMON)
-    before = _snapshot(workdir)
+    before = workdir_snapshot(workdir)
     with pytest.raises(training.ConfigChangedError, match=r"batch_size: 8 -> 4.*train.num_epochs: 1 -> 2"):
         run(workdir, resume=True, max_steps=2, batch_size=4, num_epochs=2, **COMMON)
     with pytest.raises(training.ConfigChangedError, match="train.seed: 0 -> 1"):
         run(workdir, resume=True, max_steps=2, seed=1, **COMMON)
-    assert _snapshot(workdir) == before
+    assert workdir_snapshot(workdir) == before
     # progress bars, TensorBoard, checkpoint cadence, log cadence and a larger max_steps may change
     result = run(workdir, resume=True, max_steps=4, checkpoint_every=1, log_every=1, tensorboard=False,
                  progress=True, **COMMON)
     assert result.history.status == "completed" and int(result.state.step) == 4
-    assert _train_steps(workdir) == [1, 2, 3, 4]
+    assert logged_train_steps(workdir) == [1, 2, 3, 4]
     assert json.load(open(os.path.join(workdir, "config.json")))["train"]["max_steps"] == 4
     with pytest.raises(training.ConfigChangedError, match="below step 4"):
         run(workdir, resume=True, max_steps=3, **COMMON)
@@ -140,12 +126,12 @@ def test_workdir_whose_checkpoints_were_removed_is_refused(tmp_path):
     workdir = str(tmp_path / "run")
     run(workdir, max_steps=4, checkpoint_every=2, **COMMON)
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
-    before = _snapshot(workdir)
+    before = workdir_snapshot(workdir)
     with pytest.raises(training.CheckpointsMissingError, match="logs checkpoints up to step 4"):
         run(workdir, resume=True, max_steps=4, checkpoint_every=2, **COMMON)
     with pytest.raises(training.RunExistsError, match="its checkpoints are gone"):
         run(workdir, max_steps=4, checkpoint_every=2, **COMMON)
-    assert _snapshot(workdir) == before
+    assert workdir_snapshot(workdir) == before
 
 
 def test_run_stopped_before_its_first_checkpoint_restarts_from_zero_on_resume(tmp_path, capsys):
@@ -158,12 +144,12 @@ def test_run_stopped_before_its_first_checkpoint_restarts_from_zero_on_resume(tm
 
     with pytest.raises(RuntimeError, match="crash"):
         run(workdir, log_every=1, on_batch=crash_at_step_3, **COMMON)
-    assert _train_steps(workdir) == [1, 2] and not training.checkpoint_steps(os.path.join(workdir, "checkpoints"))
+    assert logged_train_steps(workdir) == [1, 2] and not training.checkpoint_steps(os.path.join(workdir, "checkpoints"))
     with pytest.raises(training.RunExistsError, match="starts it again from step 0"):
         run(workdir, log_every=1, **COMMON)
     result = run(workdir, resume=True, log_every=1, **COMMON)
     assert "starting again from step 0" in capsys.readouterr().err
-    assert result.history.status == "completed" and _train_steps(workdir) == list(range(1, 7))
+    assert result.history.status == "completed" and logged_train_steps(workdir) == list(range(1, 7))
 
 
 # ----------------------------------------------------------------------------- item 10: verified checkpoints
@@ -246,7 +232,7 @@ def test_resume_past_a_flipped_bit_is_bit_exact(tmp_path, saved, capsys):
     assert training.Checkpointer(workdir / "checkpoints").all_steps() == [4, 6, 8]
     for step in (4, 6, 8):
         assert training.verify_checkpoint(str(workdir / "checkpoints" / str(step))) is None
-    assert _train_steps(workdir) == list(range(1, 9))
+    assert logged_train_steps(workdir) == list(range(1, 9))
 
 
 def test_every_checkpoint_damaged_is_refused_naming_each(tmp_path, saved):
@@ -270,7 +256,7 @@ def test_nonfinite_limit_is_exact_between_metric_flushes(tmp_path):
         run(workdir, num_epochs=2, on_batch=nan_from_step_2, max_nonfinite=3, log_every=10, **COMMON)
     saved = json.load(open(os.path.join(workdir, "history.json")))
     assert saved["status"] == "nonfinite" and saved["nonfinite_steps"] == [2, 3, 4]
-    assert [r["step"] for r in saved["train"]] == [1, 2, 3, 4] and _train_steps(workdir) == [1, 2, 3, 4]
+    assert [r["step"] for r in saved["train"]] == [1, 2, 3, 4] and logged_train_steps(workdir) == [1, 2, 3, 4]
     clean = run(str(tmp_path / "clean"), max_steps=1, **COMMON)
     checkpointer = training.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert checkpointer.all_steps() == [4]

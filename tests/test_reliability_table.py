@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _training_common import (  # noqa: E402
-    CACHE_ENV, FAST_COMPILE, compilation_cache, make_data, run_tiny_table, tiny_benchmark,
+    CACHE_ENV, FAST_COMPILE, compilation_cache, logged_train_steps, make_data, run_tiny_table, tiny_benchmark,
+    workdir_snapshot,
 )
 
 from experiments import multidigit_mnist  # noqa: E402
@@ -35,21 +36,6 @@ def _shared_compilation_cache(tmp_path_factory):
 
 def _results(workdir):
     return json.load(open(os.path.join(workdir, "results.json"))), open(os.path.join(workdir, "results.md")).read()
-
-
-def _snapshot(workdir) -> dict:
-    out = {}
-    for root, _, names in os.walk(workdir):
-        for name in names:
-            path = os.path.join(root, name)
-            if name != training.LOCK_FILE:
-                out[os.path.relpath(path, workdir)] = open(path, "rb").read()
-    return out
-
-
-def _train_steps(run_dir) -> list:
-    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    return [r["step"] for r in records if r["kind"] == "train"]
 
 
 # ----------------------------------------------------------------------------- item 1
@@ -132,7 +118,7 @@ def test_sigterm_stops_the_whole_command_at_a_checkpoint_then_resume_finishes_it
     results, _ = _results(str(workdir))
     assert [r["row"] for r in results["rows"]] == ["equal", "cosreg"]
     assert all(not r["failed"] and not r["incomplete"] for r in results["rows"])
-    assert _train_steps(workdir / "equal" / "seed_0") == list(range(1, 13))
+    assert logged_train_steps(workdir / "equal" / "seed_0") == list(range(1, 13))
 
 
 # ----------------------------------------------------------------------------- items 5, 11: the command line
@@ -171,7 +157,7 @@ def test_table_resume_refuses_changed_settings_before_any_row_runs(tmp_path):
     workdir = str(tmp_path / "wd")
     run_tiny_table(workdir, ["equal", "cosreg"], max_steps=2)
     first, first_text = _results(workdir)
-    before = _snapshot(workdir)
+    before = workdir_snapshot(workdir)
     with pytest.raises(training.WorkdirError, match=r"2 runs cannot start") as error:
         run_tiny_table(workdir, ["equal", "cosreg"], max_steps=2, learning_rate=2e-2, resume=True)
     assert str(error.value).count("settings.learning_rate: 0.01 -> 0.02") == 2
@@ -179,12 +165,12 @@ def test_table_resume_refuses_changed_settings_before_any_row_runs(tmp_path):
         run_tiny_table(workdir, ["equal"], max_steps=2, batch_size=4, resume=True)
     with pytest.raises(training.RunExistsError, match="resume it"):  # a rerun without --resume
         run_tiny_table(workdir, ["gradnorm", "equal"], max_steps=2)
-    assert _snapshot(workdir) == before and not os.path.exists(os.path.join(workdir, "gradnorm"))
+    assert workdir_snapshot(workdir) == before and not os.path.exists(os.path.join(workdir, "gradnorm"))
     # harmless: progress bars, checkpoint cadence, a larger max_steps (the finished runs continue)
     run_tiny_table(workdir, ["equal", "cosreg"], max_steps=3, progress=True, checkpoint_every=1, resume=True)
     results, _ = _results(workdir)
     assert [r["steps"] for r in results["rows"]] == [[3], [3]]
-    assert _train_steps(os.path.join(workdir, "equal", "seed_0")) == [1, 2, 3]
+    assert logged_train_steps(os.path.join(workdir, "equal", "seed_0")) == [1, 2, 3]
     with pytest.raises(training.WorkdirError, match="below step 3"):
         run_tiny_table(workdir, ["equal", "cosreg"], max_steps=2, resume=True)
     run_tiny_table(workdir, ["equal", "cosreg"], max_steps=3, resume=True)  # the same settings: reused as is
