@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from orthojax import metrics as M
+from orthojax.metrics.normals import _masked_median
 
 SQRT1_2 = math.sqrt(0.5)
 
@@ -275,7 +276,7 @@ def test_masked_median_even_and_odd(n_valid):
     x = rng.normal(size=9).astype(np.float32)
     valid = np.zeros(9, bool)
     valid[rng.permutation(9)[:n_valid]] = True
-    assert float(jax.jit(M._masked_median)(x, valid)) == pytest.approx(np.median(x[valid]))
+    assert float(jax.jit(_masked_median)(x, valid)) == pytest.approx(np.median(x[valid]))
 
 
 def test_normals_mask_and_bad_input():
@@ -496,3 +497,40 @@ def test_delta_bad_input():
                   {"A": {"a": True}, "B": {"b": True}})
     with pytest.raises(ValueError, match=r"metrics\['A'\] lack 'a'"):
         M.delta_p({"A": {}}, {"A": {"a": 1.0}}, {"A": {"a": True}})
+
+
+# ----------------------------------------------------------------------------- package layout
+
+_PUBLIC_NAMES = {
+    "segmentation": {"SegmentationState", "confusion_matrix", "finalize_segmentation", "init_segmentation",
+                     "segmentation_scores", "update_segmentation"},
+    "depth": {"DepthState", "DepthStatistics", "depth_statistics", "finalize_depth", "init_depth",
+              "update_depth", "valid_depth_mask"},
+    "normals": {"NORMAL_MASKS", "NORMAL_THRESHOLDS", "AngleCollector", "NormalState", "collect_angles",
+                "exact_median", "finalize_normals", "init_angle_collector", "init_normals", "normal_angles",
+                "one_minus_abs_cos", "update_normals", "valid_normal_mask"},
+    "classification": {"ClassificationState", "accuracy", "finalize_classification", "harmonic_mean",
+                       "init_classification", "update_classification"},
+    "scores": {"NYUV2_HIGHER_IS_BETTER", "NYUV2_HIGHER_IS_BETTER_BY_TASK", "PAPER_NYUV2_HIGHER_IS_BETTER",
+               "PAPER_NYUV2_SINGLE_TASK", "SEGNET_NYUV2_STL", "SEGNET_NYUV2_STL_BY_TASK", "delta_m", "delta_p",
+               "paper_nyuv2_metrics"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(_PUBLIC_NAMES))
+def test_each_task_family_module_exports_its_names_and_the_package_re_exports_them(family):
+    import importlib
+
+    module = importlib.import_module(f"orthojax.metrics.{family}")
+    assert set(module.__all__) == _PUBLIC_NAMES[family]
+    for name in module.__all__:
+        assert getattr(M, name) is getattr(module, name), name
+        assert name in M.__all__
+        obj = getattr(module, name)
+        if callable(obj) and not isinstance(obj, dict):  # defined in the module named after its family
+            assert getattr(obj, "__module__", module.__name__) == module.__name__, name
+
+
+def test_the_package_exports_exactly_the_task_family_names():
+    assert set(M.__all__) == set().union(*_PUBLIC_NAMES.values())
+    assert len(M.__all__) == len(set(M.__all__))
