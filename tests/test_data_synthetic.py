@@ -1,6 +1,11 @@
 """Synthetic scenes: geometric consistency of depth, normals and labels; determinism; label maps."""
 
+import ast
+import hashlib
+import inspect
+
 import numpy as np
+import pytest
 
 from orthojax.data.synthetic import (FINE_CLASSES, FINE_TO_COARSE, NYU13_CLASSES, render_scene, scene_layout,
                                      synthetic_nyuv2, synthetic_scenes, synthetic_sunrgbd)
@@ -91,3 +96,72 @@ def test_classes_appear_over_many_scenes():
     fine = synthetic_scenes(40, (48, 48), (48, 48), seed=0)["fine"]
     seen = set(np.unique(fine))
     assert {FLOOR, FINE_CLASSES.index("wall")} <= seen and len(seen) >= 14
+
+
+def test_fine_to_coarse_matches_the_nyu13_names_of_each_fine_class():
+    # the 40 -> 13 assignment of these 18 classes, written out by name (Couprie et al. 2013)
+    by_name = {"wall": "wall", "floor": "floor", "ceiling": "ceiling", "door": "wall", "window": "window",
+               "picture": "picture", "tv": "tv", "cabinet": "furniture", "bookshelf": "furniture", "bed": "bed",
+               "pillow": "objects", "chair": "chair", "sofa": "sofa", "table": "table", "desk": "table",
+               "books": "books", "box": "objects", "lamp": "objects"}
+    assert [NYU13_CLASSES[c] for c in FINE_TO_COARSE] == [by_name[c] for c in FINE_CLASSES]
+    assert FINE_TO_COARSE.dtype == np.int32
+
+
+def test_the_class_vocabulary_belongs_to_the_nyuv2_reader():
+    from orthojax.data import nyuv2
+    from orthojax.data.synthetic import vocabulary
+
+    assert vocabulary.NYU13_CLASSES is nyuv2.NYU13_CLASSES
+    assert set(FINE_CLASSES) <= set(nyuv2.NYU40_CLASSES)
+    # the reader imports the generator only inside load_nyuv2 (the generator imports the reader)
+    top = [node for node in ast.parse(inspect.getsource(nyuv2)).body if isinstance(node, ast.ImportFrom)]
+    assert not any("synthetic" in (node.module or "") for node in top)
+
+
+def test_unknown_object_template_names_the_known_ones():
+    from orthojax.data.synthetic.layout import _template
+
+    with pytest.raises(ValueError, match=r"unknown object template 'piano'.*'bed'"):
+        _template("piano", np.random.default_rng(0))
+
+
+def _digest(tree) -> str:
+    """SHA-256 of the keys, dtypes, shapes and bytes of the arrays of a nested dict."""
+    h = hashlib.sha256()
+
+    def walk(x, prefix=""):
+        if isinstance(x, dict):
+            for k in sorted(x):
+                walk(x[k], f"{prefix}/{k}")
+        else:
+            a = np.asarray(x)
+            h.update(prefix.encode()), h.update(str(a.dtype).encode()), h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+
+    walk(tree)
+    return h.hexdigest()
+
+
+# Digests of the generator's output recorded on x86-64 Linux (NumPy 2, OpenBLAS). The scenes are a
+# pure function of the seed; the float arrays go through np.sin and small matmuls, so another libm
+# or BLAS may change their last bits and these digests with them (the label maps would stay).
+_DIGESTS = {
+    "layout": "93cea28a748dfc8456e9443e3547f88d828c7ba31a7460da3aebceca5f8863c0",
+    "render": "3ee2fe254da0f9d51e50d2eedd5f93509408bf07763197f13e800e48eb1a736c",
+    "scenes": "b88e044e9fc81782e60a813bbb58030f68afd49f46aba71985e668f8d716a958",
+    "nyuv2": "014924c2d146b9356622b2481a4c5d15524aa5744a546ca5c23d2c256f510eea",
+    "sunrgbd": "b6fa9fd77f4ff5a6d35f51eb958fd185200855b649a109595673449327308451",
+}
+
+
+def test_generated_data_is_bit_for_bit_the_recorded_data():
+    layout = scene_layout(np.random.default_rng(11))
+    got = {
+        "layout": _digest(layout),
+        "render": _digest(render_scene(layout, (30, 40), rng=np.random.default_rng(5))),
+        "scenes": _digest(synthetic_scenes(5, (24, 32), (16, 20), 3, "train", workers=1)),
+        "nyuv2": _digest(synthetic_nyuv2(4, 3, (24, 24), (12, 12), seed=1, protocol="paper")[0]),
+        "sunrgbd": _digest(synthetic_sunrgbd(4, 3, (24, 24), (12, 12), seed=2)[0]),
+    }
+    assert got == _DIGESTS

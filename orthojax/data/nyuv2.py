@@ -39,12 +39,20 @@ from typing import Sequence
 import numpy as np
 
 from orthojax.data.resize import resize_dense
-from orthojax.data.synthetic import NYU13_CLASSES, synthetic_nyuv2
 
 PROTOCOLS = {
     "paper": {"image_size": (320, 320), "target_size": (80, 80), "num_classes": 14},
     "mtan": {"image_size": (288, 384), "target_size": (288, 384), "num_classes": 13},
 }
+NYU13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa", "table",
+                 "tv", "wall", "window")
+"""The NYU 13 classes (Couprie et al. 2013), index = 13-class id - 1."""
+NYU40_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+                 "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+                 "floor_mat", "clothes", "ceiling", "books", "fridge", "tv", "paper", "towel", "shower_curtain",
+                 "box", "whiteboard", "person", "night_stand", "toilet", "sink", "lamp", "bathtub", "bag",
+                 "otherstructure", "otherfurniture", "otherprop")
+"""The NYU40 classes (Gupta et al. 2013), index = NYU40 id - 1."""
 NYU40_TO_13 = np.array([12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5,
                         7, 3, 2, 6, 11, 7, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7], dtype=np.int32)
 """NYU40 id (1..40) - 1 -> 13-class id (1..13, order of :data:`NYU13_CLASSES`)."""
@@ -364,6 +372,9 @@ def load_nyuv2(data_dir: str | os.PathLike | None = None, protocol: str = "paper
     target_size = tuple(int(s) for s in (target_size or PROTOCOLS[protocol]["target_size"]))
     notes = []
     if data_dir is None:
+        # imported here: the synthetic generator imports this module's class vocabulary
+        from orthojax.data.synthetic import synthetic_nyuv2
+
         splits, _ = synthetic_nyuv2(*synthetic_sizes, image_size=image_size, target_size=target_size,
                                     seed=seed, protocol=protocol)
         source = "synthetic"
