@@ -1,4 +1,4 @@
-"""The iterative solvers of orthojax.methods.gramian reach their optimum, for up to 40 tasks.
+"""The iterative solvers of orthojax.aggregators reach their optimum, for up to 40 tasks.
 
 MGDA, UPGrad, DualProj and CAGrad solve small QPs (CAGrad a second-order cone program) with an iteration
 budget. Here Jacobians with 12 to 40 tasks, singular (rank 3 or 7 in 30 dimensions) and near-singular
@@ -22,7 +22,7 @@ import pytest
 from scipy.optimize import minimize, nnls
 
 from orthojax.methods import aggregation
-from orthojax.methods import gramian as gm
+from orthojax import aggregators as gm
 from orthojax.methods.base import MultiTaskProblem
 
 P = 30

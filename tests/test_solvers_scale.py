@@ -1,4 +1,4 @@
-"""Scale safety of the Gramian-based aggregators (orthojax.methods.gramian / aggregation) in float32.
+"""Scale safety of the Gramian-based aggregators (orthojax.aggregators, orthojax.methods.aggregation) in float32.
 
 Task gradients with norms near 1e-20 or 1e20 have squared norms that flush to zero or overflow in float32;
 these tests feed float32 Jacobians whose rows are scaled by 1e-30..1e30 (globally, one task at a time,
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from orthojax.methods import aggregation
-from orthojax.methods import gramian as gm
+from orthojax import aggregators as gm
 from orthojax.methods.base import MultiTaskProblem
 
 P = 5

@@ -1,10 +1,101 @@
 """Aggregators: pure, jittable functions of a Jacobian, usable without the orthojax engine.
 
-Every aggregator factory validates its hyper-parameters and returns ``aggregate(jacobian, state=None, *,
-key=None) -> (direction, state)``, where ``jacobian`` is a (T, P) array or a pytree whose leaves have a
-leading task axis T, and ``direction`` has the structure of one task's gradient (the task axis removed).
+Every aggregator factory validates its hyper-parameters eagerly and returns
+``aggregate(jacobian, state=None, *, key=None) -> (direction, state)``:
+
+* ``jacobian``: a (T, P) array or a pytree whose leaves have a leading task axis T (the per-task gradients,
+  e.g. what :func:`orthojax.task_jacobian` returns); the two give the same direction;
+* ``direction``: the structure of one task's gradient (the task axis removed), in the Jacobian's dtype;
+* ``state``: None for stateless aggregators; a stateful one builds its first state when given None;
+* ``key``: a ``jax.random`` key, required by randomised aggregators (PCGrad with ``random_order=True``), which
+  raise a ValueError without one; the others ignore it.
+
+The built-in ones are :class:`~orthojax.aggregators.base.Aggregator` objects, which also give the step's
+diagnostics: ``aggregate.with_info(J) -> Aggregation(direction, state, info)`` with ``info`` holding
+"task_weights" (T,), "grad_norms" (T,), "gramian" (T, T) and, for the iterative solvers, "solver_residual".
+
+Beside them, the Gramian weightings that the aggregators are built from: ``<name>_weights(G, ...) -> (T,)``
+and ``<name>_solution(G, ...) -> Solution(weights, coefficients, residual)`` (G = J J^T, or its scale-safe
+factored form :func:`scaled_gramian`), and :func:`gramian`, :func:`combine` (d = w @ J) and
+:func:`combine_unit` (d from the unit-gradient coefficients). Scale conventions (what d is on the scale of)
+are in each module: MGDA returns the min-norm point, IMTL-G and CAGrad (rescaled) a convex-combination
+scale, UPGrad the mean of the projected gradients, DualProj the projected mean, PCGrad the sum of the
+de-conflicted gradients.
+
+Example::
+
+    from orthojax import aggregators
+    aggregate = aggregators.upgrad()
+    d, _ = jax.jit(aggregate)(J)                       # J: (T, P)
+    w = aggregators.upgrad_weights(aggregators.gramian(J))
+    assert jnp.allclose(d, aggregators.combine(w, J))
+
+Adding an aggregator: write ``orthojax/aggregators/<name>.py`` with a factory ``<name>(**hyperparameters)``
+returning a plain ``aggregate`` function or an :class:`Aggregator` (``gramian_aggregator(name, solve)`` for a
+weighting of the Gramian), re-export it here, and register it as a training method with one line in
+:data:`orthojax.methods.aggregation.AGGREGATORS`::
+
+    "krum": _method_from_aggregator(aggregators.krum),
+
+The method then takes the factory's hyper-parameters (the registry reads its signature and docstring).
 """
 
-from orthojax.aggregators.gramian import combine, gramian
+from orthojax.aggregators.aligned_mtl import aligned_mtl, aligned_mtl_solution, aligned_mtl_weights
+from orthojax.aggregators.base import Aggregation, Aggregator, gramian_aggregator, num_tasks_of
+from orthojax.aggregators.cagrad import cagrad, cagrad_solution, cagrad_weights
+from orthojax.aggregators.gramian import (
+    ScaledGramian,
+    Solution,
+    as_scaled_gramian,
+    combine,
+    combine_unit,
+    gramian,
+    scaled_gramian,
+)
+from orthojax.aggregators.imtl_g import imtl_g, imtl_g_solution, imtl_g_weights
+from orthojax.aggregators.mgda import mgda, mgda_solution, mgda_weights
+from orthojax.aggregators.pcgrad import pcgrad, pcgrad_order, pcgrad_solution, pcgrad_weights
+from orthojax.aggregators.upgrad import (
+    dualproj,
+    dualproj_solution,
+    dualproj_weights,
+    upgrad,
+    upgrad_solution,
+    upgrad_weights,
+)
 
-__all__ = ["combine", "gramian"]
+__all__ = [
+    "Aggregation",
+    "Aggregator",
+    "ScaledGramian",
+    "Solution",
+    "aligned_mtl",
+    "aligned_mtl_solution",
+    "aligned_mtl_weights",
+    "as_scaled_gramian",
+    "cagrad",
+    "cagrad_solution",
+    "cagrad_weights",
+    "combine",
+    "combine_unit",
+    "dualproj",
+    "dualproj_solution",
+    "dualproj_weights",
+    "gramian",
+    "gramian_aggregator",
+    "imtl_g",
+    "imtl_g_solution",
+    "imtl_g_weights",
+    "mgda",
+    "mgda_solution",
+    "mgda_weights",
+    "num_tasks_of",
+    "pcgrad",
+    "pcgrad_order",
+    "pcgrad_solution",
+    "pcgrad_weights",
+    "scaled_gramian",
+    "upgrad",
+    "upgrad_solution",
+    "upgrad_weights",
+]

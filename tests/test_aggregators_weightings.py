@@ -1,4 +1,4 @@
-"""Weights from the Gramian (orthojax.methods.gramian): properties over adversarial Jacobians and oracles.
+"""Weights from the Gramian (orthojax.aggregators): properties over adversarial Jacobians and oracles.
 
 Expected values come from NumPy (explicit projections of gradient vectors, SVD) and SciPy (SLSQP and
 L-BFGS-B on the defining optimisation problems), never from the functions under test.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from orthojax.methods import gramian as gm
+from orthojax import aggregators as gm
 
 P = 7  # parameter dimension of the test Jacobians
 
