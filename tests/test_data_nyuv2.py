@@ -137,6 +137,18 @@ def test_nyu40_to_13_table():
     assert [NYU40_TO_13[i - 1] for i in (1, 2, 4, 22, 23, 25)] == [12, 5, 1, 3, 2, 11]
 
 
+def test_nyu40_classes_that_are_nyu13_classes_map_to_themselves():
+    from orthojax.data.nyuv2 import NYU13_CLASSES, NYU40_CLASSES
+
+    assert len(NYU40_CLASSES) == 40 and len(set(NYU40_CLASSES)) == 40 and len(NYU13_CLASSES) == 13
+    shared = [c for c in NYU40_CLASSES if c in NYU13_CLASSES]
+    assert len(shared) == 11  # all but "furniture" and "objects", which gather several NYU40 classes
+    for name in shared:
+        assert NYU13_CLASSES[NYU40_TO_13[NYU40_CLASSES.index(name)] - 1] == name
+    assert NYU13_CLASSES[NYU40_TO_13[NYU40_CLASSES.index("cabinet")] - 1] == "furniture"
+    assert NYU13_CLASSES[NYU40_TO_13[NYU40_CLASSES.index("otherprop")] - 1] == "objects"
+
+
 def test_synthetic_default(tmp_path):
     splits, info = load_nyuv2(None, "paper", image_size=(32, 32), target_size=(8, 8), synthetic_sizes=(4, 2))
     assert info["synthetic"] is True and splits["train"]["image"].shape == (4, 32, 32, 3)
