@@ -18,7 +18,8 @@ weights, their optimiser state, step counters); ``out.metrics`` holds the method
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+import types
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from orthojax.cosreg import cosine_matrix
 from orthojax.jacobian import task_jacobian
 from orthojax.select import Selector
+from orthojax.task_losses import call_task_losses
 
 PyTree = Any
 
@@ -36,8 +38,9 @@ class MultiTaskProblem(NamedTuple):
     """What a method may ask of a multi-task model.
 
     Attributes:
-      task_losses: ``fn(params, batch, rng) -> (losses (T,), aux)``; aux is carried through untouched
-        (e.g. updated BatchNorm statistics).
+      task_losses: ``fn(params, batch, rng) -> (losses (T,), aux)``: the task-loss contract
+        (:mod:`orthojax.task_losses`) with ``args = (batch, rng)`` and ``has_aux=True``; aux is carried
+        through untouched (e.g. updated BatchNorm statistics; None or {} when there is none).
       last_shared: selector of the last shared layer (the paper's "last layer of the encoder").
       shared: selector of all shared parameters (used by GradNorm's all-shared option and by Recon).
       encode: optional ``fn(params, batch, rng) -> (zs, extras)``: zs is a tuple of T per-task
@@ -75,11 +78,25 @@ class MethodStep(NamedTuple):
 
 class Method(NamedTuple):
     """A multi-task method: ``init(params, num_tasks) -> state`` and ``step(problem, params, state, batch,
-    rng) -> MethodStep``; both pure and jittable. ``name`` is the registry name."""
+    rng) -> MethodStep``; both pure and jittable.
+
+    Attributes:
+      name: the registry name (any name for a method of your own).
+      init: ``fn(params, num_tasks) -> state`` (a pytree; ``()`` when stateless).
+      step: ``fn(problem, params, state, batch, rng) -> MethodStep``.
+      hyperparameters: the values it was built with (filled in by
+        :func:`orthojax.methods.build_method`; empty when built directly).
+      evaluate: how a model trained with it is evaluated: ``fn(model, variables, method_state, inputs) ->
+        outputs`` (a tuple of T outputs; the model runs with ``train=False``), or None for
+        ``model.apply(variables, inputs, train=False)``. RotoGrad's heads, trained on rotated
+        representations, are evaluated on them.
+    """
 
     name: str
     init: Callable[[PyTree, int], PyTree]
     step: Callable[..., MethodStep]
+    hyperparameters: Mapping[str, Any] = types.MappingProxyType({})
+    evaluate: Optional[Callable[[Any, PyTree, PyTree, Any], tuple]] = None
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -99,32 +116,14 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 
 def task_losses_and_aux(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
-    """Calls ``problem.task_losses`` and checks that it returns a (T,) vector and an aux.
+    """Calls ``problem.task_losses(params, batch, rng)`` and checks it against the task-loss contract
+    (:func:`orthojax.task_losses.check_task_losses`): returns ``(losses (T,), aux)``.
 
     Raises:
       ValueError: anything else; the message says what was returned and how to fix it
         (``return jnp.stack([loss_0, loss_1, ...]), aux``).
     """
-    from orthojax.jacobian import describe_value  # the checks' wording is shared with task_jacobian
-
-    fix = "return `jnp.stack([loss_0, loss_1, ...]), aux` (aux may be None or {})"
-    out = problem.task_losses(params, batch, rng)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ValueError(
-            f"problem.task_losses must return a pair (losses of shape (T,), aux); it returned "
-            f"{describe_value(out)}: {fix}")
-    losses, aux = out
-    if not isinstance(losses, (tuple, list)) and jnp.ndim(losses) == 1:
-        return losses, aux
-    if isinstance(losses, (tuple, list)):
-        extra = " (stack a tuple of losses into one array)"
-    elif jnp.ndim(losses) == 0 and isinstance(aux, (jax.Array, float, int)) and jnp.ndim(aux) == 0:
-        extra = " (a pair of scalar losses (loss_0, loss_1) is read as (losses, aux))"
-    else:
-        extra = ""
-    raise ValueError(
-        f"problem.task_losses must return losses of shape (T,) as the first item of (losses, aux); the first "
-        f"item was {describe_value(losses)}{extra}: {fix}")
+    return call_task_losses(problem.task_losses, params, batch, rng, where="problem.task_losses")
 
 
 def last_shared_cosine(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array) -> jax.Array:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 
 from orthojax.cosreg import IMPLEMENTATIONS, _check_alpha, loss_with_cosreg, loss_with_cosreg_split
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -17,7 +18,12 @@ COSREG_IMPLEMENTATIONS = ("auto", "split") + IMPLEMENTATIONS
 """``"auto"``: ``"split"`` when the problem has ``encode`` / ``decode``, else ``"fast"``."""
 
 
-def cosreg(alpha: float = 10.0, *, scale_alpha_by_loss: bool = False, implementation: str = "auto") -> Method:
+def cosreg(
+    alpha: float = 10.0,
+    *,
+    scale_alpha_by_loss: bool = False,
+    implementation: Literal["auto", "split", "fast", "reference"] = "auto",
+) -> Method:
     """Minimises sum_t L_t + alpha * ||C - I||_F^2 / (T (T - 1)) (see :func:`orthojax.loss_with_cosreg`).
 
     The cosines are taken on ``problem.last_shared`` and the penalty is differentiated through the task
@@ -72,3 +78,5 @@ def cosreg(alpha: float = 10.0, *, scale_alpha_by_loss: bool = False, implementa
         return MethodStep(grads, state, loss, aux.task_losses, aux.aux, metrics)
 
     return Method(name="cosreg", init=init, step=step)
+
+register("cosreg", cosreg, aliases=("cos_reg",))

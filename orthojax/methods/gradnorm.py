@@ -21,13 +21,14 @@ gradients beyond ~1e19 in float32) is skipped: the weights and their optimiser s
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from orthojax.methods.base import check_positive as _check_positive, Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.registry import register
 from orthojax.select import make_selection
 
 PyTree = Any
@@ -103,7 +104,7 @@ class GradNormState(NamedTuple):
 def gradnorm(
     alpha: float = 1.5,
     *,
-    on: str = "last_shared",
+    on: Literal["last_shared", "shared"] = "last_shared",
     learning_rate: float = 1e-3,
     optimizer: Optional[optax.GradientTransformation] = None,
 ) -> Method:
@@ -189,3 +190,5 @@ def gradnorm(
         return MethodStep(grads, new_state, jnp.dot(weights, losses), losses, aux, metrics)
 
     return Method(name="gradnorm", init=init, step=step)
+
+register("gradnorm", gradnorm, aliases=("grad_norm",))

@@ -16,6 +16,7 @@ import optax
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.methods.gradnorm import copy_leaves, param_dtype
+from orthojax.methods.registry import RunContext, register
 
 PyTree = Any
 
@@ -228,3 +229,11 @@ def famo(w_lr: float = 0.025, gamma: float = 0.01, min_losses: Any = 0.0, eps: f
         return MethodStep(grads, new_state, loss, losses, aux, {"task_weights": w, "task_probs": z})
 
     return Method(name="famo", init=init, step=step)
+
+def _dwa_period(context: RunContext) -> int:
+    """DWA averages the task losses over epochs in the paper (MTAN): one period is one epoch."""
+    return context.steps_per_epoch
+
+
+register("dwa", dwa, context={"period": _dwa_period})
+register("famo", famo)

@@ -12,7 +12,9 @@ Stage 2 scores each layer by the number of recorded (iteration, unordered task p
     score_l = #{ (s, i < j) : C^l_ij(s) < S }.
 
 Stage 3 turns the top-K layers task-specific (the models' ``task_specific_layers``), re-initialises and
-trains from scratch with any base method. The per-layer cosines come from the same one-forward / T-VJP
+trains from scratch with any base method. :data:`RECON_PROTOCOL` runs the three stages
+(:mod:`orthojax.methods.protocol`); k, S, the base method and the search's epochs are :func:`recon`'s
+hyper-parameters. The per-layer cosines come from the same one-forward / T-VJP
 Jacobian as CosReg (:func:`orthojax.task_jacobian`).
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +32,14 @@ import numpy as np
 from orthojax.cosreg import cosine_matrix
 from orthojax.jacobian import task_jacobian
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.protocol import MultiStage, Outcome, PlannedStage, Stages
+from orthojax.methods.registry import RunContext, get_method, method_spec, register
 from orthojax.select import Selector, leaf_paths, make_selection
 
 PyTree = Any
 
 __all__ = [
+    "RECON_PROTOCOL",
     "ReconState",
     "conflict_counts",
     "conflict_scores",
@@ -43,6 +48,7 @@ __all__ = [
     "load_scores_json",
     "recon",
     "save_scores_json",
+    "scores_record",
     "select_conflict_layers",
     "shared_layer_prefixes",
 ]
@@ -149,54 +155,101 @@ def layer_cosines(
 
 
 class ReconState(NamedTuple):
-    """State of :func:`recon`: the base method's state."""
+    """State of :func:`recon`: the state of the method trained during the search."""
 
     base: PyTree
 
 
-def recon(layers: Sequence[str], base: Union[Method, str, None] = None) -> Method:
-    """Recon stage 1: trains like ``base`` and reports the per-layer task-gradient cosines every step.
+def _check_epochs(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"recon: stage1_epochs must be None or an integer >= 1; got {value!r}")
+    return int(value)
 
-    The step's gradient, loss and state are the base method's; metrics add "layer_cosines" (L, T, T) for
-    the layers fixed here (accumulate them, or their :func:`conflict_counts`, to score the layers).
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(f"recon: k must be an integer >= 0; got {k!r}")
+    return int(k)
+
+
+def _retrain_spec(base: Any, base_hyperparameters: Optional[Mapping[str, Any]]):
+    """The registry entry of the retraining method and its hyper-parameters (strings parsed), checked."""
+    if not isinstance(base, str):
+        raise TypeError(f"recon: base must be a method name (the method that retrains the network); got {base!r}")
+    if base_hyperparameters is not None and not isinstance(base_hyperparameters, Mapping):
+        raise TypeError(f"recon: base_hyperparameters must be a mapping; got {base_hyperparameters!r}")
+    spec = method_spec(base)
+    if spec.name == "recon" or spec.protocol is not None:
+        raise ValueError(f"recon: base must be a method trained in one run; {spec.name!r} is a protocol")
+    return spec, spec.parse_strings(dict(base_hyperparameters or {}))
+
+
+def recon(
+    layers: Sequence[str],
+    base: str = "equal",
+    *,
+    k: int = 1,
+    s: float = 0.0,
+    stage1_epochs: Optional[int] = None,
+    stage1_base: Union[str, Method] = "equal",
+    base_hyperparameters: Optional[Mapping[str, Any]] = None,
+) -> Method:
+    """Recon: the search stage's method, which trains like ``stage1_base`` and records per-layer cosines.
+
+    The returned Method is stage 1: its gradient, loss and state are ``stage1_base``'s; its metrics add
+    "layer_cosines" (L, T, T) for ``layers`` (accumulate them, or their :func:`conflict_counts`, to score
+    the layers). The whole protocol (:data:`RECON_PROTOCOL`, run by the experiments' runner) then scores the
+    layers, turns the top ``k`` task-specific and retrains the network with ``base``.
 
     Args:
-      layers: the L shared layer paths to monitor, e.g. ``model.shared_layer_names()``.
-      base: the base method: a Method, a registry name (built with its defaults), or None for "equal".
+      layers: the L shared layer paths to monitor (default in a run: the model's ``shared_layer_names()``).
+      base: the method (a registry name) that retrains the network with the selected layers task-specific.
+      k: how many of the highest-scoring layers become task-specific, >= 0 (capped at L).
+      s: the conflict threshold S in [-1, 1]: a layer scores one per (step, task pair) with cosine < S.
+      stage1_epochs: epochs of the search stage (None: the table's).
+      stage1_base: the method trained during the search (a Method or a registry name).
+      base_hyperparameters: hyper-parameters of ``base`` (command-line strings are parsed).
 
     Returns:
       A :class:`~orthojax.methods.base.Method` named "recon".
 
+    Raises:
+      ValueError: bad layers, k, s or stage1_epochs; a base that is itself a protocol.
+      KeyError: an unknown base. TypeError: a hyper-parameter ``base`` does not take.
+
     Example:
-      >>> method = recon(layers=("encoder/conv1", "encoder/conv2"), base=equal())
+      >>> method = recon(layers=("encoder/conv1", "encoder/conv2"), stage1_base=equal())
 
     References:
       Shi, Ren, Zhang, Chen & Cao, "Recon: Reducing Conflicting Gradients from the Root for Multi-Task
       Learning", ICLR 2023.
     """
     layers = _check_layers(layers)
-    if base is None or isinstance(base, str):
-        from orthojax.methods.registry import get_method  # the registry imports this module
-
-        base = get_method(base or "equal")
-    if not isinstance(base, Method):
-        raise TypeError(f"recon: base must be a Method, a registry name or None; got {base!r}")
-    if base.name == "recon":
-        raise ValueError("recon: the base method cannot itself be recon")
+    _check_k(k)
+    _check_threshold(s)
+    _check_epochs(stage1_epochs)
+    _retrain_spec(base, base_hyperparameters)
+    searcher = get_method(stage1_base) if isinstance(stage1_base, str) else stage1_base
+    if not isinstance(searcher, Method):
+        raise TypeError(f"recon: stage1_base must be a Method or a registry name; got {stage1_base!r}")
+    if searcher.name == "recon":
+        raise ValueError("recon: stage1_base cannot itself be recon")
 
     def init(params: PyTree, num_tasks: int) -> ReconState:
         if num_tasks < 2:
             raise ValueError(f"recon needs at least 2 tasks; got {num_tasks}")
         _layer_groups(params, layers)
-        return ReconState(base.init(params, num_tasks))
+        return ReconState(searcher.init(params, num_tasks))
 
     def step(problem: MultiTaskProblem, params: PyTree, state: ReconState, batch: Any, rng: jax.Array) -> MethodStep:
-        out = base.step(problem, params, state.base, batch, rng)
+        out = searcher.step(problem, params, state.base, batch, rng)
         metrics = dict(out.metrics)
         metrics["layer_cosines"] = layer_cosines(problem, params, batch, rng, layers)
         return out._replace(state=ReconState(out.state), metrics=metrics)
 
-    return Method(name="recon", init=init, step=step)
+    return Method(name="recon", init=init, step=step, evaluate=searcher.evaluate)
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -268,8 +321,7 @@ def select_conflict_layers(
     return tuple(layer_short_name(n) for n in chosen) if short_names else chosen
 
 
-def save_scores_json(
-    path: Union[str, os.PathLike],
+def scores_record(
     layer_names: Sequence[str],
     scores: Any,
     *,
@@ -277,18 +329,17 @@ def save_scores_json(
     num_steps: Optional[int] = None,
     k: Optional[int] = None,
 ) -> dict:
-    """Writes the stage-2 result as JSON: layers, scores, S, the number of recorded steps and the top K.
+    """The stage-2 result as a JSON-ready dict: layers, scores, S, the number of recorded steps, the top K.
 
     Args:
-      path: the file to write (e.g. ``<workdir>/recon_scores.json``).
       layer_names: the L layer paths.
       scores: (L,) S-conflict scores.
       threshold: the S they were counted with.
       num_steps: how many iterations were recorded.
       k: when given, the top-K layers (model names) are stored under "selected".
 
-    Returns:
-      The dictionary written.
+    Raises:
+      ValueError: scores not of shape (L,), a bad threshold or k.
     """
     scores = np.asarray(scores)
     names = list(layer_names)
@@ -303,6 +354,20 @@ def save_scores_json(
     if k is not None:
         record["k"] = int(k)
         record["selected"] = list(select_conflict_layers(scores, names, k))
+    return record
+
+
+def save_scores_json(
+    path: Union[str, os.PathLike],
+    layer_names: Sequence[str],
+    scores: Any,
+    *,
+    threshold: float,
+    num_steps: Optional[int] = None,
+    k: Optional[int] = None,
+) -> dict:
+    """Writes :func:`scores_record` as JSON to ``path`` (e.g. ``<workdir>/recon_scores.json``); returns it."""
+    record = scores_record(layer_names, scores, threshold=threshold, num_steps=num_steps, k=k)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return record
@@ -323,3 +388,60 @@ def load_scores_json(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"{os.fspath(path)}: {len(record['layers'])} layers but {len(record['scores'])} scores")
     record["scores"] = np.asarray(record["scores"], dtype=np.int64)
     return record
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The protocol: search, score, make the top-K layers task-specific, retrain
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _stage1(stages: Stages, hyperparameters: Mapping[str, Any]) -> PlannedStage:
+    layers = hyperparameters.get("layers") or tuple(stages.shared_layer_names())
+    searched = {"layers": tuple(layers)}
+    if "stage1_base" in hyperparameters:
+        searched["stage1_base"] = hyperparameters["stage1_base"]
+    return PlannedStage("stage1", "recon", searched, epochs=_check_epochs(hyperparameters.get("stage1_epochs")))
+
+
+def _retrain(hyperparameters: Mapping[str, Any], selected: tuple = ()) -> PlannedStage:
+    spec, base_hps = _retrain_spec(hyperparameters.get("base", "equal"), hyperparameters.get("base_hyperparameters"))
+    return PlannedStage("retrain", spec.name, base_hps, model_kwargs={"task_specific_layers": tuple(selected)},
+                        settled=False)
+
+
+def _recon_plan(stages: Stages, hyperparameters: Mapping[str, Any]) -> list[PlannedStage]:
+    _check_k(hyperparameters.get("k", 1))
+    _check_threshold(hyperparameters.get("s", 0.0))
+    return [_stage1(stages, hyperparameters), _retrain(hyperparameters)]
+
+
+def _recon_run(stages: Stages, hyperparameters: Mapping[str, Any]) -> Outcome:
+    stage1, _ = _recon_plan(stages, hyperparameters)
+    layers = stage1.hyperparameters["layers"]
+    threshold = _check_threshold(hyperparameters.get("s", 0.0))
+    recorded = stages.train(stage1.stage, stage1.method, stage1.hyperparameters, epochs=stage1.epochs)
+    history = np.asarray(recorded.metric("layer_cosines"), dtype=np.float64)  # (S, steps, L, T, T)
+    history = history.reshape(-1, *history.shape[-3:])  # the seeds' iterations pooled
+    scores = np.asarray(conflict_scores(history, threshold))
+    k = min(_check_k(hyperparameters.get("k", 1)), len(layers))
+    selected = select_conflict_layers(scores, layers, k)
+    stages.write_json("recon_scores.json", scores_record(layers, scores, threshold=threshold,
+                                                         num_steps=int(history.shape[0]), k=k))
+    retrain = _retrain(hyperparameters, selected)
+    stages.train(retrain.stage, retrain.method, retrain.hyperparameters, model_kwargs=retrain.model_kwargs)
+    return Outcome(stage=retrain.stage, extra={"recon_layers": [list(selected)] * stages.num_seeds})
+
+
+RECON_PROTOCOL = MultiStage(plan=_recon_plan, run=_recon_run)
+"""Recon as a table row: stage "stage1" (:func:`recon`: train with ``stage1_base``, record the per-layer
+cosines), the S-conflict scores written to ``recon_scores.json``, and stage "retrain": ``base`` on the model
+with the top-``k`` layers task-specific (the models' ``task_specific_layers``). The row is the retrained
+run's; each seed's result carries "recon_layers"."""
+
+
+def _model_layers(context: RunContext) -> Optional[tuple]:
+    """The model's shared layers (all of them are monitored)."""
+    return tuple(context.shared_layer_names) or None
+
+
+register("recon", recon, context={"layers": _model_layers}, protocol=RECON_PROTOCOL)

@@ -56,11 +56,13 @@ from jax.scipy.linalg import expm
 
 from orthojax.methods.base import check_positive as _check_positive, Method, MethodStep, MultiTaskProblem
 from orthojax.methods.gradnorm import copy_leaves, keep_finite_update, param_dtype, power_of_two_scale, safe_norm
+from orthojax.methods.registry import RunContext, register
 
 PyTree = Any
 
 __all__ = [
-    "RotoGradState", "rotate_only", "rotate_representations", "rotograd", "rotograd_norm", "rotation_matrices",
+    "RotoGradState", "evaluate_rotated", "rotate_only", "rotate_representations", "rotograd", "rotograd_norm",
+    "rotation_matrices",
 ]
 
 _VARIANTS = ("rotate_only", "rotograd", "rotograd_norm")
@@ -109,6 +111,20 @@ def rotate_representations(state: RotoGradState, zs: Any) -> tuple:
     if len(zs) != state.base.shape[0]:
         raise ValueError(f"expected {state.base.shape[0]} representations; got {len(zs)}")
     return _rotate_all(state.base, state.learnable["skew"], zs)
+
+
+def evaluate_rotated(model: Any, variables: PyTree, state: RotoGradState, inputs: Any) -> tuple:
+    """A RotoGrad model's evaluation: the heads decode the rotated representations R_k z_k.
+
+    ``model`` is a Flax module with ``encode(x, train) -> (zs, extras)`` and ``decode(zs, extras, train) ->
+    outputs``; it runs with ``train=False``. This is the methods' ``Method.evaluate``.
+
+    Returns:
+      The model's T outputs, as a tuple.
+    """
+    zs, extras = model.apply(variables, inputs, train=False, method="encode")
+    zs = rotate_representations(state, zs)
+    return tuple(model.apply(variables, zs, extras, train=False, method="decode"))
 
 
 @jax.jit
@@ -305,7 +321,7 @@ def _build(
         }
         return MethodStep(grads, new_state, jnp.sum(losses), losses, aux, metrics)
 
-    return Method(name=variant, init=init, step=step)
+    return Method(name=variant, init=init, step=step, evaluate=evaluate_rotated)
 
 
 _ARGS_DOC = """
@@ -386,3 +402,20 @@ rotograd_norm.__doc__ = (
     + "      alpha: GradNorm's asymmetry for the weights (required in the package; 1.5 here as in GradNorm).\n"
     + _REFS
 )
+
+
+def _latent_size(context: RunContext) -> Optional[int]:
+    """All channels of the model's shared representation."""
+    return context.latent_size
+
+
+def _learning_rate(context: RunContext) -> float:
+    """Half the model's learning rate (the package's advice: the rotations learn slower than the model)."""
+    return context.learning_rate / 2
+
+
+_CONTEXT = {"latent_size": _latent_size, "learning_rate": _learning_rate}
+
+register("rotate_only", rotate_only, aliases=("rotograd_only_rotation", "rotation_only"), context=_CONTEXT)
+register("rotograd", rotograd, aliases=("roto_grad",), context=_CONTEXT)
+register("rotograd_norm", rotograd_norm, context=_CONTEXT)

@@ -3,17 +3,20 @@
 Both differentiate ``sum_t w_t L_t`` with fixed weights w: all ones ("equal", the paper's "Equal Task
 Weights" / "No reg" row) or the indicator of one task ("single_task": the encoder and that task's decoder
 learn from that task alone, which is the paper's single-task baseline run with the same network and
-engine; the other decoders get zero gradients and never change).
+engine; the other decoders get zero gradients and never change). As a table row, single-task learning is a
+protocol (:mod:`orthojax.methods.protocol`): one run per task, task t's columns from run t.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.protocol import MultiStage, Outcome, PlannedStage, Stages
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -52,7 +55,15 @@ def equal() -> Method:
 
 
 def single_task(task: int) -> Method:
-    """Trains on task ``task`` alone: minimises L_task (weights e_task)."""
+    """Trains on task ``task`` alone: minimises L_task (weights e_task).
+
+    Args:
+      task: the index t of the task trained, 0 <= t < T. A table row of single-task learning trains every
+        task (one run each) and takes none.
+
+    Raises:
+      ValueError: a negative or non-integer index; at ``init``, an index >= T.
+    """
     if not isinstance(task, int) or task < 0:
         raise ValueError(f"single_task: task must be a non-negative task index; got {task!r}")
 
@@ -73,3 +84,26 @@ def single_task(task: int) -> Method:
         return MethodStep(grads, state, loss, losses, aux, {"task_weights": weights})
 
     return Method(name=base_name, init=init, step=step)
+
+
+def _single_task_stages(stages: Stages, hyperparameters: Mapping[str, Any]) -> list[PlannedStage]:
+    if hyperparameters:
+        raise ValueError(
+            f"single_task as a table row trains one network per task and takes no hyper-parameters; got "
+            f"{dict(hyperparameters)} (build_method('single_task', task=t) builds one task's method)")
+    return [PlannedStage(f"task_{t}", "single_task", {"task": t}) for t in range(stages.num_tasks)]
+
+
+def _single_task_run(stages: Stages, hyperparameters: Mapping[str, Any]) -> Outcome:
+    planned = _single_task_stages(stages, hyperparameters)
+    for stage in planned:
+        stages.train(stage.stage, stage.method, stage.hyperparameters)
+    return Outcome(task_stages=tuple(stage.stage for stage in planned))
+
+
+SINGLE_TASK_PROTOCOL = MultiStage(plan=_single_task_stages, run=_single_task_run)
+"""Single-task learning as a table row: one run per task (stage "task_<t>"); task t's columns from run t."""
+
+register("equal", equal, aliases=("ew", "equal_weight", "equal_weights", "equal_weighting", "equally_weighted"))
+register("single_task", single_task, aliases=("stl", "single", "single_task_learning"),
+         protocol=SINGLE_TASK_PROTOCOL)

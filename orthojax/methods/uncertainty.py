@@ -15,7 +15,7 @@ The state (s and its optimiser state) has the floating dtype of the parameters (
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import optax
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.methods.gradnorm import copy_leaves, param_dtype
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -55,7 +56,7 @@ def _check_real(name: str, value: Any) -> float:
 def uncertainty(
     init_log_var: float = -0.5,
     *,
-    form: str = "half",
+    form: Literal["half", "full"] = "half",
     learning_rate: float = 1e-3,
     optimizer: Optional[optax.GradientTransformation] = None,
 ) -> Method:
@@ -120,3 +121,6 @@ def uncertainty(
         return MethodStep(grads, UncertaintyState(log_vars, opt_state), loss, losses, aux, metrics)
 
     return Method(name="uncertainty", init=init, step=step)
+
+register("uncertainty", uncertainty, aliases=(
+    "uw", "uncertainty_weight", "uncertainty_weights", "uncertainty_weighting"))
