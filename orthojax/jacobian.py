@@ -7,21 +7,22 @@ get a cotangent. Everything is differentiable again: ``jax.grad`` of a function 
 exact second-order derivative.
 
 The forward pass is traced once (``jax.make_jaxpr``) and its jaxpr is both replayed under ``jax.vjp`` and
-read by a dependency pass (:func:`jaxpr_independent_tasks`): a task whose loss does not depend on the
-selected leaves at all has a Jacobian row of exact zeros (and a CosReg penalty of 0 with it), which
+read by the dependency pass of :mod:`orthojax.dependence`: a task whose loss does not depend on the selected
+leaves at all has a Jacobian row of exact zeros (and a CosReg penalty of 0 with it), which
 :func:`task_jacobian` reports with an :class:`IndependentTaskWarning` at trace time, at no runtime cost.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
+from orthojax.dependence import jaxpr_independent_tasks
 from orthojax.select import Selector, leaf_paths, make_selection
 
 PyTree = Any
@@ -103,195 +104,6 @@ def _check_losses(losses: Any, has_aux: bool = False) -> None:
     else:
         fix = f"return one (T,) vector, e.g. {stack} {or_aux}"
     raise ValueError(f"task_losses_fn must return the T task losses as one vector of shape (T,); {got}: {fix}")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Which task losses depend on the selected leaves (a dependency pass over the jaxpr)
-# --------------------------------------------------------------------------------------------------------------
-
-# Dependence of a value on the inputs: a Python bool for the whole array, or a NumPy bool array of the value's
-# shape (kept only for small arrays such as the (T,) loss vector, so that jnp.stack([...]) stays per task).
-_Dep = Union[bool, np.ndarray]
-_PRECISE_MAX_SIZE = 4096
-
-_ELEMENTWISE = frozenset({
-    "abs", "acos", "acosh", "add", "add_any", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp",
-    "complex", "conj", "convert_element_type", "copy", "copy_p", "cos", "cosh", "digamma", "div", "erf", "erf_inv",
-    "erfc", "exp", "exp2", "expm1", "floor", "igamma", "igammac", "imag", "integer_pow", "lgamma", "log", "log1p",
-    "logistic", "max", "min", "mul", "neg", "nextafter", "pow", "real", "reduce_precision", "rem", "round",
-    "rsqrt", "select_n", "sign", "sin", "sinh", "sqrt", "square", "sub", "tan", "tanh",
-})
-# one output per operand, same shape (collectives and type casts)
-_PER_OPERAND = frozenset({"optimization_barrier", "pcast", "pmax", "pmin", "psum", "psum_invariant", "pvary",
-                          "sharding_constraint", "mesh_cast", "reshard"})
-_REDUCTIONS = frozenset({"argmax", "argmin", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod",
-                         "reduce_sum", "reduce_xor"})
-# calls whose body is the function itself (custom_jvp / custom_vjp are not: their derivative is user code)
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint", "remat2"})
-
-
-def _any(dep: _Dep) -> bool:
-    return bool(dep) if isinstance(dep, (bool, np.bool_)) else bool(dep.any())
-
-
-def _array(dep: _Dep, shape: tuple) -> np.ndarray:
-    return np.full(shape, bool(dep)) if isinstance(dep, (bool, np.bool_)) else np.asarray(dep, dtype=bool)
-
-
-def _carries_gradient(var: Any) -> bool:
-    dtype = getattr(getattr(var, "aval", None), "dtype", None)
-    try:
-        return dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
-    except TypeError:  # extended dtypes (PRNG keys)
-        return False
-
-
-def _shape(var: Any) -> tuple:
-    return tuple(getattr(getattr(var, "aval", None), "shape", ()))
-
-
-def _small(shape: tuple) -> bool:
-    return all(isinstance(d, int) for d in shape) and int(np.prod(shape, dtype=np.int64)) <= _PRECISE_MAX_SIZE
-
-
-def _sub_jaxpr(eqn: Any) -> Optional[Any]:
-    for key in ("jaxpr", "call_jaxpr"):
-        sub = eqn.params.get(key)
-        sub = getattr(sub, "jaxpr", sub)
-        if isinstance(sub, jax_core.Jaxpr) and len(sub.invars) == len(eqn.invars) \
-                and len(sub.outvars) == len(eqn.outvars):
-            return sub
-    return None
-
-
-def _precise_rule(eqn: Any, deps: list) -> Optional[list]:
-    """Per-element dependence of the outputs of ``eqn``, or None where only whole-array dependence is known."""
-    name = eqn.primitive.name
-    outs = eqn.outvars
-    out_shape = _shape(outs[0]) if outs else ()
-    uniform = all(isinstance(d, (bool, np.bool_)) for d in deps)
-    if name == "stop_gradient":
-        return [False] * len(outs)
-    if name in _CALLS:
-        sub = _sub_jaxpr(eqn)
-        return None if sub is None else _dependence(sub, deps)
-    if name in _PER_OPERAND and len(outs) == len(deps):
-        return [d if _shape(v) == np.shape(d) or isinstance(d, (bool, np.bool_)) else _any(d)
-                for v, d in zip(outs, deps)]
-    if len(outs) != 1:
-        return None
-    if name in _ELEMENTWISE:
-        if uniform:
-            return [any(bool(d) for d in deps)]
-        out = np.zeros(out_shape, dtype=bool)
-        for d in deps:
-            out |= np.asarray(d, dtype=bool)  # operands have the output's shape or are scalars
-        return [out]
-    if name in _REDUCTIONS:
-        if uniform:
-            return [bool(deps[0])]
-        return [np.asarray(deps[0]).any(axis=tuple(eqn.params["axes"]))]
-    if name in ("concatenate", "stack"):
-        if uniform and len(set(bool(d) for d in deps)) == 1:
-            return [bool(deps[0])]
-        if not _small(out_shape):
-            return None
-        arrays = [_array(d, _shape(v)) for d, v in zip(deps, eqn.invars)]
-        if name == "concatenate":
-            return [np.concatenate(arrays, axis=eqn.params["dimension"])]
-        return [np.stack(arrays, axis=eqn.params["axis"])]
-    if uniform:
-        if name in ("broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "rev", "slice"):
-            return [any(bool(d) for d in deps)]
-        return None
-    operand = np.asarray(deps[0], dtype=bool)
-    if any(_any(d) for d in deps[1:]):  # dynamic shapes, index operands: give up on precision
-        return None
-    if name == "broadcast_in_dim":
-        if not _small(out_shape):
-            return [bool(operand.any())]
-        shape = [1] * len(out_shape)
-        for i, dim in enumerate(eqn.params["broadcast_dimensions"]):
-            shape[dim] = operand.shape[i]
-        return [np.broadcast_to(operand.reshape(shape), out_shape)]
-    if name in ("reshape", "squeeze", "expand_dims"):
-        if eqn.params.get("dimensions") is not None and name == "reshape":
-            return None
-        return [operand.reshape(out_shape)]
-    if name == "transpose":
-        return [np.transpose(operand, eqn.params["permutation"])]
-    if name == "rev":
-        return [np.flip(operand, axis=tuple(eqn.params["dimensions"]))]
-    if name == "slice":
-        strides = eqn.params.get("strides") or (1,) * operand.ndim
-        index = tuple(slice(s, e, k) for s, e, k in
-                      zip(eqn.params["start_indices"], eqn.params["limit_indices"], strides))
-        return [operand[index]]
-    return None
-
-
-def _dependence(jaxpr: Any, in_deps: Sequence[_Dep]) -> list:
-    """Which elements of each output of ``jaxpr`` depend differentiably on the inputs marked in ``in_deps``.
-
-    Conservative: whenever a primitive's structure is not known, each of its outputs depends on every input
-    that any of its operands depends on. Integer and boolean values carry no gradient, nor does
-    ``stop_gradient``.
-    """
-    env: dict = {}
-
-    def read(v: Any) -> _Dep:
-        if isinstance(v, jax_core.Literal):
-            return False
-        return env.get(v, False)  # constvars: closed-over values, independent of the inputs
-
-    for v, d in zip(jaxpr.invars, in_deps):
-        env[v] = d if _carries_gradient(v) else False
-    for eqn in jaxpr.eqns:
-        deps = [read(v) for v in eqn.invars]
-        if not any(_any(d) for d in deps):
-            outs: list = [False] * len(eqn.outvars)
-        else:
-            try:
-                outs = _precise_rule(eqn, deps)
-            except Exception:  # an unexpected parameter layout: fall back to whole-array dependence
-                outs = None
-            if outs is None:
-                outs = [True] * len(eqn.outvars)
-        for v, d in zip(eqn.outvars, outs):
-            if not isinstance(v, jax_core.DropVar):
-                env[v] = d if _carries_gradient(v) else False
-    return [read(v) for v in jaxpr.outvars]
-
-
-def jaxpr_independent_tasks(jaxpr: Any, differentiated: Optional[Sequence[bool]] = None) -> tuple[int, ...]:
-    """The tasks whose loss has no differentiable dependence on the marked inputs of a traced function.
-
-    A pure function of the jaxpr (no tracing, no arrays): use it on a jaxpr you already have.
-
-    Args:
-      jaxpr: a ``ClosedJaxpr`` (``jax.make_jaxpr(f)(...)``) or ``Jaxpr`` whose FIRST output is the (T,) vector
-        of task losses (further outputs, e.g. aux, are ignored).
-      differentiated: one bool per input of the jaxpr: the inputs the Jacobian is taken with respect to
-        (default: all of them).
-
-    Returns:
-      The sorted indices t for which loss t provably does not depend on the marked inputs, i.e. whose
-      gradient row is structurally zero. The pass is conservative (it may miss an independent task, e.g. one
-      whose loss is multiplied by 0 or assembled by a scatter, but never reports a dependent one), and it
-      follows ``jnp.stack`` / ``concatenate`` / ``broadcast`` / ``slice`` element by element.
-    """
-    inner = getattr(jaxpr, "jaxpr", jaxpr)
-    marks = [True] * len(inner.invars) if differentiated is None else [bool(m) for m in differentiated]
-    if len(marks) != len(inner.invars):
-        raise ValueError(f"differentiated has {len(marks)} entries for a jaxpr of {len(inner.invars)} inputs")
-    if not inner.outvars:
-        raise ValueError("the jaxpr has no output; its first output must be the (T,) task losses")
-    losses_var = inner.outvars[0]
-    shape = _shape(losses_var)
-    if len(shape) != 1:
-        raise ValueError(f"the jaxpr's first output must be the (T,) task losses; got shape {shape}")
-    dep = _dependence(inner, marks)[0]
-    return tuple(int(t) for t in np.flatnonzero(~_array(dep, shape)))
 
 
 def _trace_once(fn_of_selected: Callable[[list], tuple], selected: list) -> tuple[Any, Callable[[list], tuple]]:
@@ -461,7 +273,7 @@ def task_jacobian(
             tasks = jaxpr_independent_tasks(closed)
             if tasks:
                 paths = leaf_paths(params)
-                warn_independent_tasks(tasks, wrt, _shape(closed.jaxpr.outvars[0])[0],
+                warn_independent_tasks(tasks, wrt, closed.jaxpr.outvars[0].aval.shape[0],
                                        [paths[i] for i in selection.indices], stacklevel=2)
     losses, pullback, aux = jax.vjp(forward, selected, has_aux=True)
     basis_axes = _varying_axes(losses)

@@ -46,16 +46,16 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from orthojax.dependence import any_dependence as _any
+from orthojax.dependence import jaxpr_independent_tasks
+from orthojax.dependence import output_dependence as _dependence
 from orthojax.jacobian import (
     _CONCRETE_VALUE_ERRORS,
-    _any,
     _check_losses,
-    _dependence,
     _make_varying,
     _split_aux,
     _trace_once,
     _varying_axes,
-    jaxpr_independent_tasks,
     warn_independent_tasks,
 )
 from orthojax.select import Selection, Selector, leaf_paths

@@ -213,6 +213,22 @@ def test_dependency_pass_follows_stack_and_is_conservative():
     assert jaxpr_independent_tasks(closed, [False, False]) == (0, 1, 2)
 
 
+def test_output_dependence_moves_with_the_data_and_stops_at_integers():
+    from orthojax.dependence import any_dependence, output_dependence
+
+    def f(a, b):
+        v = jnp.stack([a.sum(), b.sum(), jnp.zeros(())])   # (3,): per element
+        return v[::-1], jnp.transpose(jnp.outer(a, jnp.ones(2))), (a > 0).astype(jnp.int32), a @ b
+
+    jaxpr = jax.make_jaxpr(f)(jnp.ones(2), jnp.ones(2)).jaxpr
+    rev, outer_t, ints, dot = output_dependence(jaxpr, [True, False])
+    np.testing.assert_array_equal(rev, [False, False, True])      # reversed stack: only a's sum
+    np.testing.assert_array_equal(outer_t, np.ones((2, 2), bool))  # transposed broadcast of a
+    assert ints is False and not any_dependence(ints)             # integers carry no gradient
+    assert any_dependence(dot) and any_dependence(np.array([False, True]))
+    assert output_dependence(jaxpr, [False, False]) == [False, False, False, False]
+
+
 def test_predicate_wrt_is_named_in_the_warning():
     params, fn, args = make_mlp(14, n_tasks=2, dtype=np.float32)
 
