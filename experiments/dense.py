@@ -49,7 +49,7 @@ DENSE_ROWS = {
     "cosreg": Row("cosreg", "CosReg", "cosreg"),
 }
 
-__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses", "dwa_protocol",
+__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses",
            "exact_normal_median", "tasks_from_info"]
 
 
@@ -170,23 +170,6 @@ def exact_normal_median(apply_fn: Callable, variables: Any, batches: Callable, n
         angles, valid = normal_angles(outputs[normal_index], batch[key], normal_mask=normal_mask)
         collector = collect_angles(collector, np.asarray(angles), np.asarray(valid))
     return float(exact_median(collector))
-
-
-def dwa_protocol(rows: Sequence[Row], settings: Any, num_train: int) -> dict:
-    """The protocol line of DWA ({} when no row trains with it, directly or as Recon's base method).
-
-    The runner gives DWA one epoch (full training batches) as its averaging period unless a row sets one.
-    """
-    from orthojax.data import steps_per_epoch
-
-    periods = {r.method_kwargs.get("period") for r in rows
-               if r.method == "dwa" or (r.method == "recon" and settings.recon_base == "dwa")}
-    if not periods:
-        return {}
-    epoch = steps_per_epoch(num_train, settings.batch_size)
-    text = ", ".join(f"{p} steps" if p is not None else f"one epoch ({epoch} steps)" for p in sorted(
-        periods, key=lambda p: -1 if p is None else p))
-    return {"DWA": f"weights from the task losses averaged over {text}"}
 
 
 def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:

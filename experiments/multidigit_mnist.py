@@ -17,18 +17,22 @@ import itertools
 import json
 import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.cli import build_parser, method_kwargs_from_args, number, parse_list, settings_overrides
+from experiments.cli import Command, Experiment, Shorthand, existing_path, parse_command
+from experiments.configs import ExperimentConfig, save_config
+from experiments.configs.multidigit_mnist import PRESETS, TABLE_ROWS, get_config
 from experiments.paper_numbers import TABLE1_MULTIDIGIT
 from experiments.pipeline import (
-    EXIT_FAILED_RUNS, check_rows, command_scope, default_workdir, run_benchmark, run_command, setup_runtime,
+    EXIT_FAILED_RUNS, Table, check_config, check_rows, command_scope, protocol_lines, run_command, run_parsed,
+    run_settings, setup_runtime, table_rows,
 )
-from experiments.runner import Benchmark, Row, RunSettings, check_table, row_for, run_row
+from experiments.runner import Benchmark, Row, check_table, run_row
 from orthojax.data import multidigit_info, multidigit_mnist
 from orthojax.diagnostics import first_epoch_sigma
 from orthojax.metrics import finalize_classification, harmonic_mean, init_classification, update_classification
@@ -39,26 +43,17 @@ from orthojax.training import EvalMetrics, WorkdirLock
 TASKS = ("left", "right")
 DROPOUT_RATE = 0.25  # the paper does not state its dropout rate
 
+# the rows of Table 1; the "cosreg" row takes its alpha from the configuration (methods.cosreg.alpha, --alpha)
 ROWS = {
     "single_task": Row("single_task", "Single task", "single_task"),
     "equal": Row("equal", "No reg", "equal"),
     "dropout": Row("dropout", f"Dropout ({DROPOUT_RATE})", "equal", model_kwargs={"dropout_rate": DROPOUT_RATE}),
     "batchnorm": Row("batchnorm", "Batchnorm", "equal", model_kwargs={"use_batchnorm": True}),
-    "cosreg": Row("cosreg", "CosReg (alpha=10)", "cosreg", method_kwargs={"alpha": 10.0}),
+    "cosreg": Row("cosreg", "CosReg (alpha={alpha:g})", "cosreg"),
     "cosreg_bn": Row("cosreg_bn", "CosReg (alpha=0.1) + Batchnorm", "cosreg", method_kwargs={"alpha": 0.1},
                      model_kwargs={"use_batchnorm": True}),
 }
-TABLE1_ROWS = tuple(ROWS)
-
-PRESETS = {
-    # the whole default command (6 rows, 7 runs) in a few minutes on a 2-core CPU
-    "quick": dict(sizes=(2000, 500, 1000), settings=RunSettings(
-        epochs=2, batch_size=64, learning_rate=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True)),
-    # the paper: 16000/4000/5000 images, batch 64, Adam 1e-3, 5 seeds; the epoch count is ours (not stated)
-    "paper": dict(sizes=(16000, 4000, 5000), settings=RunSettings(
-        epochs=10, batch_size=64, learning_rate=1e-3, seeds=(0, 1, 2, 3, 4), eval_batch_size=1000,
-        vmap_seeds=True)),
-}
+TABLE1_ROWS = TABLE_ROWS
 
 COLUMNS = (("accuracy", "Acc. %", 2), ("acc_left", "left %", 2), ("acc_right", "right %", 2))
 PAPER = {k: {"accuracy": v["accuracy"], "sigma": v["sigma"]} for k, v in TABLE1_MULTIDIGIT.items()}
@@ -156,41 +151,33 @@ def sweep_correlations(points: Sequence[Mapping[str, Any]]) -> dict:
     return {name: pearson(group) for name, group in groups.items()}
 
 
-def number_list(kind: type = float, **bounds) -> Callable[[str], list]:
-    """An argparse ``type``: a comma-separated list of numbers (see :func:`experiments.cli.number`)."""
-    one = number(kind, **bounds)
-
-    def parse(text: str) -> list:
-        items = parse_list(text)
-        if not items:
-            raise argparse.ArgumentTypeError("empty list")
-        return [one(item) for item in items]
-
-    return parse
-
-
-def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> None:
-    """Figure 3: final validation accuracy against first-epoch σ across filters, batch sizes, lrs, seeds.
+def run_sweep(command: Command, data) -> None:
+    """Figure 3: final validation accuracy against first-epoch σ across filters, batch sizes, lrs, seeds
+    (``config.sweep``), for every row of the configuration but single task.
 
     Every run is checked before the first trains; a run that fails is listed in sweep.json (exit status
     1 at the end) while the others run; a signal stops the sweep at a checkpoint (``--resume``)."""
-    filters, batch_sizes, lrs = args.sweep_filters, args.sweep_batch_sizes, args.sweep_lrs
-    bench_rows = [r for r in args.methods if r != "single_task"]
+    config, workdir = command.config, command.workdir
+    grid = config.sweep
+    settings = run_settings(config, command)
+    rows = [r for r in table_rows(config, ROWS) if r.method != "single_task"]
     WorkdirLock(workdir).check()  # another command on this workdir
     plan = []
-    for f, bs, lr in itertools.product(filters, batch_sizes, lrs):
+    for f, bs, lr in itertools.product(grid.filters, grid.batch_sizes, grid.lrs):
         bench = make_benchmark(data, eval_split="val", model_defaults={"features": f})
-        run_settings = dataclasses.replace(settings, batch_size=bs, learning_rate=lr)
-        rows, run_settings = check_rows([row_for(key, ROWS, cli_kwargs) for key in bench_rows], run_settings)
+        point_settings = dataclasses.replace(settings, batch_size=bs, learning_rate=lr)
+        point_rows, point_settings = check_rows(rows, point_settings)
         point_dir = os.path.join(workdir, f"f{f}_bs{bs}_lr{lr:g}")
-        check_table(bench, run_settings, rows, point_dir)
-        plan.append((f, bs, lr, bench, run_settings, rows, point_dir))
+        check_table(bench, point_settings, point_rows, point_dir)
+        plan.append((f, bs, lr, bench, point_settings, point_rows, point_dir))
     points, failed = [], []
     with command_scope(workdir):
-        for f, bs, lr, bench, run_settings, rows, point_dir in plan:
+        if jax.process_index() == 0:
+            save_config(config, workdir)
+        for f, bs, lr, bench, point_settings, point_rows, point_dir in plan:
             n_steps = len(data["train"]["image"]) // bs
-            for row in rows:
-                result = run_row(bench, run_settings, row, point_dir)
+            for row in point_rows:
+                result = run_row(bench, point_settings, row, point_dir)
                 for seed_result in result["per_seed"]:
                     if seed_result["status"] == "failed":
                         failed.append({"label": row.label, "filters": f, "batch_size": bs, "lr": lr,
@@ -217,44 +204,51 @@ def run_sweep(args, data, settings: RunSettings, workdir: str, cli_kwargs) -> No
         raise SystemExit(EXIT_FAILED_RUNS)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = build_parser("python -m experiments.multidigit_mnist", __doc__.split("\n\n")[0], ROWS, TABLE1_ROWS,
-                          default_alpha=10.0)
-    parser.add_argument("--sweep", action="store_true", help="Figure 3: sweep filters, batch sizes, lrs and seeds")
-    parser.add_argument("--sweep-filters", type=number_list(int, minimum=1), default="8,20",
-                        help="sweep: filters per conv layer")
-    parser.add_argument("--sweep-batch-sizes", type=number_list(int, minimum=1), default="32,64",
-                        help="sweep: batch sizes")
-    parser.add_argument("--sweep-lrs", type=number_list(float, above=0), default="1e-3,3e-4",
-                        help="sweep: learning rates")
-    parser.add_argument("--filters", type=number(int, minimum=1), default=20,
-                        help="filters per conv layer (20 in the paper)")
-    args = parser.parse_args(argv)
-    setup_runtime(args.distributed, args.compilation_cache)
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", action="store_true",
+                        help="Figure 3: sweep filters, batch sizes, lrs and seeds (the config's sweep section)")
 
-    preset = PRESETS[args.preset]
-    settings = dataclasses.replace(preset["settings"], **settings_overrides(args))
-    source = args.data_dir or "embedded"
-    data = multidigit_mnist(source=source, seed=0, sizes=preset["sizes"])
-    cli_kwargs = method_kwargs_from_args(args, default_alpha=10.0)
-    # the Table 1 alphas belong to their rows; --alpha sets the alpha of the "cosreg" row
-    rows_table = dict(ROWS)
-    if args.alpha is not None:
-        rows_table["cosreg"] = dataclasses.replace(ROWS["cosreg"], label=f"CosReg (alpha={args.alpha:g})",
-                                                   method_kwargs={"alpha": args.alpha})
-    workdir = args.workdir or default_workdir("multidigit_mnist" + ("-sweep" if args.sweep else ""), args.preset)
-    if args.sweep:
-        run_sweep(args, data, settings, workdir, cli_kwargs)
-        return
-    rows = [row_for(key, rows_table, cli_kwargs, settings.recon_base) for key in args.methods]
-    bench = make_benchmark(data, model_defaults={"features": args.filters})
+
+EXPERIMENT = Experiment(
+    name="multidigit_mnist", description=__doc__.split("\n\n")[0], get_config=get_config, presets=PRESETS,
+    rows=ROWS,
+    shorthands=(
+        Shorthand(("--filters",), "model.filters", "filters per conv layer (20 in the paper)", metavar="N"),
+        Shorthand(("--sweep-filters",), "sweep.filters", "sweep: filters per conv layer", metavar="LIST"),
+        Shorthand(("--sweep-batch-sizes",), "sweep.batch_sizes", "sweep: batch sizes", metavar="LIST"),
+        Shorthand(("--sweep-lrs",), "sweep.lrs", "sweep: learning rates", metavar="LIST"),
+    ),
+    parsers={"data.data_dir": existing_path("dir")},
+    add_arguments=_add_arguments,
+    workdir_name=lambda args: "multidigit_mnist" + ("-sweep" if args.sweep else ""),
+)
+
+
+def _data(config: ExperimentConfig):
+    return multidigit_mnist(source=config.data.data_dir or "embedded", seed=0, sizes=config.data.sizes)
+
+
+def build(config: ExperimentConfig) -> Table:
+    """The Table 1 table of ``config``: composed MNIST digits, the CNN, the report."""
+    source = config.data.data_dir or "embedded"
+    data = _data(config)
+    bench = make_benchmark(data, model_defaults={"features": config.model.filters})
     info = {**multidigit_info(source), "synthetic": False, "split_sizes": {k: len(v["image"]) for k, v in data.items()}}
-    protocol = {"preset": args.preset, "epochs": settings.epochs, "batch size": settings.batch_size,
-                "optimiser": f"Adam lr {settings.learning_rate:g}", "seeds": list(settings.seeds),
-                "filters": args.filters, "evaluated on": "test split, final epoch"}
-    run_benchmark(bench, rows, settings, workdir, title="MultiDigitMNIST (Table 1)", columns=COLUMNS, paper=PAPER,
-                  data_info=info, protocol=protocol,
-                  extra=lambda results, summary: ([("The paper's findings, checked", findings(summary))], {}))
+    protocol = {**protocol_lines(config), "filters": config.model.filters, "evaluated on": "test split, final epoch"}
+    return Table(bench, "MultiDigitMNIST (Table 1)", COLUMNS, PAPER, info, protocol,
+                 extra=lambda results, summary: ([("The paper's findings, checked", findings(summary))], {}))
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    """``python -m experiments.multidigit_mnist [flags]`` (``--help`` lists them)."""
+    command = parse_command(EXPERIMENT, argv)
+    if not command.args.sweep:
+        return run_parsed(command, build, ROWS)
+    if command.eval_only:
+        raise SystemExit(f"{EXPERIMENT.prog}: error: --eval-only evaluates a table, not a sweep")
+    check_config(command)
+    setup_runtime(command.distributed, command.compilation_cache)
+    run_sweep(command, _data(command.config))
 
 
 if __name__ == "__main__":

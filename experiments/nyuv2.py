@@ -10,28 +10,19 @@ official labelled .mat (see ``orthojax.data.load_nyuv2``).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
-from experiments.cli import add_segnet_flags, build_parser, method_kwargs_from_args, settings_overrides
-from experiments.dense import DENSE_ROWS, dense_benchmark, dwa_protocol
+from experiments.cli import SEGNET_SHORTHANDS, Experiment, Shorthand, existing_path
+from experiments.configs import ExperimentConfig
+from experiments.configs.nyuv2 import PRESETS, TABLE_ROWS, get_config
+from experiments.dense import DENSE_ROWS, dense_benchmark
 from experiments.paper_numbers import TABLE2_NYUV2
-from experiments.pipeline import default_workdir, run_benchmark, run_command, setup_runtime
-from experiments.runner import RunSettings, row_for
+from experiments.pipeline import Table, protocol_lines, run_command, run_experiment
 from orthojax.data import dense_augment, load_nyuv2
-from orthojax.metrics import NORMAL_MASKS, NYUV2_HIGHER_IS_BETTER, delta_m
+from orthojax.metrics import NYUV2_HIGHER_IS_BETTER, delta_m
 
 ROWS = DENSE_ROWS
-TABLE2_ROWS = tuple(ROWS)
-
-PRESETS = {
-    # synthetic scenes at 64x64 -> 16x16, SegNet at 1/16 width: the default command in minutes on a CPU
-    "quick": dict(sizes=(96, 48), image_size=(64, 64), target_size=(16, 16), width=1 / 16,
-                  settings=RunSettings(epochs=3, batch_size=8, learning_rate=1e-3, seeds=(0,), eval_batch_size=16)),
-    # the paper: 320x320 -> 80x80, full SegNet, batch 2, Adam 1e-4 constant, 25 epochs, alpha 10 x mean loss
-    "paper": dict(sizes=(795, 654), image_size=(320, 320), target_size=(80, 80), width=1.0,
-                  settings=RunSettings(epochs=25, batch_size=2, learning_rate=1e-4, seeds=(0,), eval_batch_size=2)),
-}
+TABLE2_ROWS = TABLE_ROWS
 
 COLUMNS = (("seg_err", "seg 1-mIoU", 3), ("depth_rmse", "depth RMSE", 3), ("normal_err", "normal 1-|cos|", 3))
 PAPER = {k: dict(zip(("seg_err", "depth_rmse", "normal_err"), v)) for k, v in TABLE2_NYUV2.items()}
@@ -99,44 +90,42 @@ def field_section(summary: Sequence[Mapping]) -> tuple[str, dict]:
     return "\n".join(lines), payload
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = build_parser("python -m experiments.nyuv2", __doc__.split("\n\n")[0], ROWS, TABLE2_ROWS, default_alpha=10.0)
-    parser.add_argument("--protocol", choices=("paper", "mtan"), default="paper",
-                        help="paper: 14 classes (void = background), 80x80 targets; mtan: 13 classes, void ignored")
-    parser.add_argument("--augment", action="store_true",
-                        help="random scale-crop (1, 1.2, 1.5; depth / s) and horizontal flips (normal x negated)")
-    parser.add_argument("--normal-mask", choices=NORMAL_MASKS, default="all_zero",
-                        help="missing gt normals in the evaluation: all_zero (the losses' rule) or mtan (MTAN's "
-                             "channel sum == 0, which also drops valid normals whose components sum to 0; only to "
-                             "compare with MTAN-family code)")
-    add_segnet_flags(parser)
-    args = parser.parse_args(argv)
-    setup_runtime(args.distributed, args.compilation_cache)
-    preset = PRESETS[args.preset]
-    settings = dataclasses.replace(preset["settings"], **settings_overrides(args))
-    image_size = preset["image_size"] if args.protocol == "paper" or args.data_dir is None else None
-    target_size = preset["target_size"] if args.protocol == "paper" or args.data_dir is None else None
-    splits, info = load_nyuv2(args.data_dir, args.protocol, image_size=image_size, target_size=target_size,
-                              synthetic_sizes=preset["sizes"], seed=0)
-    width = args.width if args.width is not None else preset["width"]
+EXPERIMENT = Experiment(
+    name="nyuv2", description=__doc__.split("\n\n")[0], get_config=get_config, presets=PRESETS, rows=ROWS,
+    shorthands=(
+        Shorthand(("--protocol",), "data.protocol",
+                  "paper: 14 classes (void = background), 80x80 targets; mtan: 13 classes, void ignored",
+                  metavar="{paper,mtan}"),
+        Shorthand(("--augment",), "data.augment",
+                  "random scale-crop (1, 1.2, 1.5; depth / s) and horizontal flips (normal x negated)", const="true"),
+        Shorthand(("--normal-mask",), "data.normal_mask",
+                  "missing gt normals in the evaluation: all_zero (the losses' rule) or mtan (MTAN's channel sum == "
+                  "0, which also drops valid normals whose components sum to 0; only to compare with MTAN-family "
+                  "code)", metavar="{all_zero,mtan}"),
+        *SEGNET_SHORTHANDS),
+    parsers={"model.vgg16_weights": existing_path("file")},
+)
+
+
+def build(config: ExperimentConfig) -> Table:
+    """The NYUv2 table of ``config``: data (procedural scenes without ``data.data_dir``), SegNet, report."""
+    data, model = config.data, config.model
+    # MTAN's preprocessed data is used at its own size under its protocol; the paper resizes
+    native = data.protocol == "mtan" and data.data_dir is not None
+    splits, info = load_nyuv2(data.data_dir, data.protocol, image_size=None if native else data.image_size,
+                              target_size=None if native else data.target_size,
+                              synthetic_sizes=data.synthetic_sizes, seed=0)
     bench = dense_benchmark(
-        "nyuv2", splits, info, width=width, model_options={"use_batchnorm": not args.no_batchnorm},
+        "nyuv2", splits, info, width=model.width, model_options={"use_batchnorm": model.batchnorm},
         table_metrics=table_metrics, task_columns={"seg": "seg_err", "depth": "depth_rmse", "normal": "normal_err"},
-        augment=dense_augment() if args.augment else None, vgg16_weights=args.vgg16_weights,
-        normal_mask=args.normal_mask)
-    cli_kwargs = method_kwargs_from_args(args, default_alpha=10.0, scale_alpha_default=True)
-    rows = [row_for(key, ROWS, cli_kwargs, settings.recon_base) for key in args.methods]
-    workdir = args.workdir or default_workdir("nyuv2", args.preset)
-    protocol = {"preset": args.preset, "protocol": args.protocol, "epochs": settings.epochs,
-                "batch size": settings.batch_size, "optimiser": f"Adam lr {settings.learning_rate:g} (constant)",
-                "SegNet width": width, "VGG16 weights": args.vgg16_weights or "none (random init)",
-                "CosReg": f"alpha {cli_kwargs['cosreg']['alpha']:g}, x mean task loss: "
-                          f"{cli_kwargs['cosreg']['scale_alpha_by_loss']}",
-                "augmentation": "scale-crop + flip" if args.augment else "none",
-                **dwa_protocol(rows, settings, len(splits["train"]["image"])),
-                "valid pixels": ("depth gt != 0; normals not all-zero" if args.normal_mask == "all_zero" else
+        augment=dense_augment() if data.augment else None, vgg16_weights=model.vgg16_weights,
+        normal_mask=data.normal_mask)
+    protocol = {**protocol_lines(config), "protocol": data.protocol, "SegNet width": model.width,
+                "VGG16 weights": model.vgg16_weights or "none (random init)",
+                "augmentation": "scale-crop + flip" if data.augment else "none",
+                "valid pixels": ("depth gt != 0; normals not all-zero" if data.normal_mask == "all_zero" else
                                  "depth gt != 0; normals: loss not all-zero, metrics channel sum != 0 (MTAN)"),
-                "seeds": list(settings.seeds), "evaluated on": "test split (MTAN's 'val'), final epoch"}
+                "evaluated on": "test split (MTAN's 'val'), final epoch"}
 
     def extra(results, summary):
         text, payload = field_section(summary)
@@ -145,8 +134,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     notes = list(info.get("notes", []))
     if info.get("synthetic"):
         notes.append("SYNTHETIC DATA: numbers are not comparable with the paper's; they exercise the full pipeline.")
-    run_benchmark(bench, rows, settings, workdir, title="NYUv2 (Table 2)", columns=COLUMNS, paper=PAPER,
-                  data_info=info, protocol=protocol, notes=notes, extra=extra)
+    return Table(bench, "NYUv2 (Table 2)", COLUMNS, PAPER, info, protocol, notes, extra)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list:
+    """``python -m experiments.nyuv2 [flags]`` (``--help`` lists them)."""
+    return run_experiment(EXPERIMENT, build, argv)
 
 
 if __name__ == "__main__":

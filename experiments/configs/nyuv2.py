@@ -1,0 +1,78 @@
+"""NYUv2 (CosReg paper, section 5.1, Table 2): the configuration and its presets.
+
+    quick: procedural scenes at 64x64 -> 16x16, SegNet at 1/16 width: the default command in minutes on a CPU.
+    paper: 320x320 -> 80x80, full SegNet, batch 2, Adam 1e-4 constant, 25 epochs, alpha 10 x mean task loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from experiments.configs import ConfigError, ExperimentConfig, Train
+from experiments.configs.dense import SegNetModel, check_sizes
+
+__all__ = ["NYUv2Data", "PRESETS", "TABLE_ROWS", "get_config"]
+
+TABLE_ROWS = ("single_task", "equal", "gradnorm", "uncertainty", "cosreg")
+"""The rows of the paper's Table 2."""
+
+PRESETS = ("quick", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class NYUv2Data:
+    """NYUv2 data options.
+
+    Attributes:
+      data_dir: the MTAN preprocessed layout or the official labelled .mat (see
+        :func:`orthojax.data.load_nyuv2`); None: procedural indoor scenes.
+      protocol: "paper" (14 classes, void = background, ``target_size`` targets) or "mtan" (13 classes,
+        void ignored; real data at its own size).
+      synthetic_sizes: (train, test) sizes of the procedural scenes.
+      image_size: input (height, width).
+      target_size: target (height, width).
+      augment: random scale-crop (1, 1.2, 1.5; depth / s) and horizontal flips (normal x negated).
+      normal_mask: which gt normals the evaluation counts as missing: "all_zero" (the losses' rule) or "mtan"
+        (MTAN's channel sum == 0; only to compare with MTAN-family code).
+    """
+
+    data_dir: Optional[str] = None
+    protocol: str = dataclasses.field(default="paper", metadata={"choices": ("paper", "mtan")})
+    synthetic_sizes: tuple[int, int] = (795, 654)
+    image_size: tuple[int, int] = (320, 320)
+    target_size: tuple[int, int] = (80, 80)
+    augment: bool = False
+    normal_mask: str = dataclasses.field(default="all_zero", metadata={"choices": ("all_zero", "mtan")})
+
+    def __post_init__(self):
+        for name in ("protocol", "normal_mask"):
+            choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"data.{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        check_sizes("data.synthetic_sizes", self.synthetic_sizes, 2)
+        check_sizes("data.image_size", self.image_size, 2)
+        check_sizes("data.target_size", self.target_size, 2)
+
+
+def get_config(preset: str = "quick") -> ExperimentConfig:
+    """The NYUv2 configuration of ``preset`` ("quick" or "paper").
+
+    Raises:
+      ConfigError: an unknown preset.
+    """
+    if preset == "quick":
+        return ExperimentConfig(
+            experiment="nyuv2", preset="quick",
+            train=Train(epochs=3, batch_size=8, lr=1e-3, seeds=(0,), eval_batch_size=16),
+            data=NYUv2Data(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
+            model=SegNetModel(width=1 / 16), rows=TABLE_ROWS,
+            methods={"cosreg": {"alpha": 10.0, "scale_alpha_by_loss": True}})
+    if preset == "paper":
+        return ExperimentConfig(
+            experiment="nyuv2", preset="paper",
+            train=Train(epochs=25, batch_size=2, lr=1e-4, seeds=(0,), eval_batch_size=2),
+            data=NYUv2Data(synthetic_sizes=(795, 654), image_size=(320, 320), target_size=(80, 80)),
+            model=SegNetModel(width=1.0), rows=TABLE_ROWS,
+            methods={"cosreg": {"alpha": 10.0, "scale_alpha_by_loss": True}})
+    raise ConfigError(f"unknown preset {preset!r} for nyuv2; presets: {', '.join(PRESETS)}")
