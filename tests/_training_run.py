@@ -3,7 +3,7 @@
 Usage: python _training_run.py WORKDIR [--resume] [--kill-in-save STEP] [--table ROWS]
 
 --kill-in-save STEP kills this process with SIGKILL halfway through writing checkpoint STEP (after the
-state is written, while the history file is being written).
+state is written, while the data position is being written).
 Writes WORKDIR/final_params.npz when the run completes.
 --table ROWS runs the comma-separated registry methods as a table of the tiny benchmark through
 experiments.pipeline.run_benchmark instead (2 epochs of 6 steps per row; exits as the command would).
@@ -35,9 +35,9 @@ def kill_while_saving(step_to_kill: int) -> None:
     original_save = Checkpointer.save
     original_json = json_checkpoint_handler.JsonCheckpointHandler._save_fn
 
-    def save(self, step, state, history):
+    def save(self, step, state, position):
         current["step"] = step
-        return original_save(self, step, state, history)
+        return original_save(self, step, state, position)
 
     async def json_save(self, item, directory):
         if current["step"] == step_to_kill:

@@ -207,7 +207,7 @@ def test_damaged_latest_checkpoint_is_named_and_skipped_for_the_previous_one(tmp
         with pytest.warns(RuntimeWarning, match=f"checkpoint {step6} is damaged, skipped"):
             restored = checkpointer.restore_latest(abstract)
         assert restored.step == 4 and [s for s, _ in restored.skipped] == [6]
-        assert restored.history["train"][-1]["step"] == 4
+        assert restored.position == {"step": 4, "epoch": 0, "position": 4, "steps_per_epoch": 6}
     finally:
         checkpointer.close()
 
@@ -254,9 +254,9 @@ def test_nonfinite_limit_is_exact_between_metric_flushes(tmp_path):
     workdir = str(tmp_path / "run")
     with pytest.raises(training.NonFiniteError, match=r"3 consecutive steps \(up to step 4\)"):
         run(workdir, num_epochs=2, on_batch=nan_from_step_2, max_nonfinite=3, log_every=10, **COMMON)
-    saved = json.load(open(os.path.join(workdir, "history.json")))
-    assert saved["status"] == "nonfinite" and saved["nonfinite_steps"] == [2, 3, 4]
-    assert [r["step"] for r in saved["train"]] == [1, 2, 3, 4] and logged_train_steps(workdir) == [1, 2, 3, 4]
+    saved = training.History.from_metrics(workdir)
+    assert saved.status == "nonfinite" and saved.nonfinite_steps == [2, 3, 4]
+    assert [r["step"] for r in saved.train] == [1, 2, 3, 4] and logged_train_steps(workdir) == [1, 2, 3, 4]
     clean = run(str(tmp_path / "clean"), max_steps=1, **COMMON)
     checkpointer = training.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert checkpointer.all_steps() == [4]

@@ -70,12 +70,22 @@ def test_sigterm_checkpoint_then_resume_is_bit_exact_and_logs_are_complete(tmp_p
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
     assert np.asarray(records[0]["cosine"]).shape == (2, 2)
-    assert records[-1]["eval/count"] == 23
+    assert [r["eval/count"] for r in records if r["kind"] == "epoch"] == [23, 23]
+    assert [(r["step"], r["status"]) for r in records if r["kind"] == "status"] == [(9, "interrupted"), (12, "completed")]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["train"]["num_epochs"] == 2 and config["method"] == "cosreg"
     assert glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
-    assert json.load(open(os.path.join(workdir, "history.json")))["status"] == "completed"
-    assert training.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [9, 12]
+    # metrics.jsonl is the history's one store: rebuilt from it, it is the history the run returned
+    assert training.History.from_metrics(workdir) == resumed.history
+    assert not os.path.exists(os.path.join(workdir, "history.json"))
+
+    # Checkpoints hold the train state and the data position only.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert training.Checkpointer(checkpoints).all_steps() == [9, 12]
+    assert {"state", "data", training.MANIFEST} <= set(os.listdir(os.path.join(checkpoints, "9")))
+    assert "history" not in os.listdir(os.path.join(checkpoints, "9"))
+    assert json.load(open(os.path.join(checkpoints, "9", "data", "metadata"))) == {
+        "step": 9, "epoch": 1, "position": 3, "steps_per_epoch": 6}
 
 
 def test_nonfinite_guard_stops_with_a_good_checkpoint(tmp_path):
@@ -86,16 +96,16 @@ def test_nonfinite_guard_stops_with_a_good_checkpoint(tmp_path):
     with pytest.raises(training.NonFiniteError, match="3 consecutive steps"):
         run(workdir, train=TRAIN, on_batch=nan_from_step_3, max_nonfinite=3, log_every=1, use_bn=False,
             cosine=False)
-    saved = json.load(open(os.path.join(workdir, "history.json")))
-    assert saved["status"] == "nonfinite" and saved["nonfinite_steps"] == [4, 5, 6]
+    saved = training.History.from_metrics(workdir)
+    assert saved.status == "nonfinite" and saved.nonfinite_steps == [4, 5, 6]
     # The checkpoint holds the parameters of step 3, which a clean 3-step run reproduces exactly.
     clean = run(str(tmp_path / "clean"), train=TRAIN, max_steps=3, use_bn=False, cosine=False)
     checkpointer = training.Checkpointer(os.path.join(workdir, "checkpoints"))
-    state, history = checkpointer.restore(training.abstract_like(clean.state))
+    state, position = checkpointer.restore(training.abstract_like(clean.state))
     checkpointer.close()
     assert int(state.step) == 6 and int(state.nonfinite_streak) == 3
     _assert_same_params(state.params, clean.state.params)
-    assert history["status"] == "nonfinite"
+    assert position == {"step": 6, "epoch": 1, "position": 0, "steps_per_epoch": 6}
 
 
 def test_seeds_vmapped_in_one_program_equal_separate_runs(tmp_path):

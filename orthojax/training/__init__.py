@@ -16,20 +16,21 @@ A typical experiment::
 """
 
 from orthojax.training.checkpoint import (
-    LOCK_FILE,
     MANIFEST,
-    CheckpointError,
     Checkpointer,
-    CheckpointsMissingError,
-    ConfigChangedError,
     Restored,
-    RunExistsError,
-    WorkdirError,
-    WorkdirLock,
-    WorkdirLocked,
     abstract_like,
     checkpoint_steps,
     verify_checkpoint,
+)
+from orthojax.training.errors import (
+    CheckpointError,
+    CheckpointsMissingError,
+    ConfigChangedError,
+    HistoryMissingError,
+    RunExistsError,
+    WorkdirError,
+    WorkdirLocked,
 )
 from orthojax.training.evaluate import EvalMetrics, make_eval_step
 from orthojax.training.guard import NonFiniteError, all_finite, check_streak, keep_if_finite
@@ -45,10 +46,12 @@ from orthojax.training.logging import (
 )
 from orthojax.training.loop import (
     RESUMABLE_CHANGES,
+    Evaluation,
     StopRequest,
     TrainConfig,
     TrainResult,
     check_workdir,
+    evaluate_checkpoint,
     stop_requested,
     train_and_evaluate,
 )
@@ -67,6 +70,7 @@ from orthojax.training.sharding import (
 )
 from orthojax.training.state import TrainState, init_train_state, model_variables, num_model_tasks, step_key
 from orthojax.training.step import make_problem, make_train_step
+from orthojax.training.workdir import LOCK_FILE, WorkdirLock
 
 __all__ = [
     "CheckpointError",
@@ -75,7 +79,9 @@ __all__ = [
     "ConfigChangedError",
     "DATA_AXIS",
     "EvalMetrics",
+    "Evaluation",
     "History",
+    "HistoryMissingError",
     "LOCK_FILE",
     "MANIFEST",
     "MetricWriter",
@@ -101,6 +107,7 @@ __all__ = [
     "config_changes",
     "epoch_means",
     "epoch_summary",
+    "evaluate_checkpoint",
     "init_sharded",
     "init_train_state",
     "initialize_distributed",

@@ -1,82 +1,61 @@
-"""Checkpoints with orbax (the train state and the run's history, saved atomically, the last k kept), each
-verified on restore, and the lock that gives one run at a time a workdir.
+"""Checkpoints with orbax: the train state and the data position, saved atomically, the last k kept,
+each verified on restore.
 
-Layout: ``<workdir>/checkpoints/<step>/{state,history,MANIFEST.sha256.json}``. Orbax writes each
-checkpoint into a temporary directory and renames it when complete, so a process killed during a save
-leaves the previous checkpoint as the latest usable one (the partial directory is ignored and cleaned up
-on the next start). Once a save has completed, the size and SHA-256 of every file in it are written next
-to orbax's files (:data:`MANIFEST`); a restore checks them first, and a checkpoint that does not match
-(a truncated or missing file, a flipped bit, no manifest) is reported by path and skipped for the newest
-one that does.
+Layout: ``<workdir>/checkpoints/<step>/{state,data,MANIFEST.sha256.json}``: ``state`` is the
+:class:`~orthojax.training.TrainState`, ``data`` the data position (:data:`DATA_ITEM`: the step, the
+epoch, the batch within it and the steps per epoch), checked against the state and the run on restore
+(:func:`check_position`). The run's metrics are not in checkpoints: ``metrics.jsonl`` holds them, and a
+resumed run rebuilds its history from it.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a process
+killed during a save leaves the previous checkpoint as the latest usable one (the partial directory is
+ignored and cleaned up on the next start). Once a save has completed, the size and SHA-256 of every
+file in it are written next to orbax's files (:data:`MANIFEST`); a restore checks them first, and a
+checkpoint that does not match (a truncated or missing file, a flipped bit, no manifest) is reported by
+path and skipped for the newest one that does. Checkpoints of the earlier layout (train state and
+history) are refused with :class:`CheckpointError` (:func:`layout_problem`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from orthojax.training.errors import CheckpointError, ConfigChangedError
+from orthojax.training.schedule import DataPosition, data_position
+
 PyTree = Any
 
 __all__ = [
-    "LOCK_FILE",
+    "DATA_ITEM",
     "MANIFEST",
-    "CheckpointError",
-    "CheckpointsMissingError",
     "Checkpointer",
-    "ConfigChangedError",
     "Restored",
-    "RunExistsError",
-    "WorkdirError",
-    "WorkdirLock",
-    "WorkdirLocked",
     "abstract_like",
+    "check_position",
     "checkpoint_steps",
+    "layout_problem",
+    "position_record",
     "verify_checkpoint",
 ]
 
 MANIFEST = "MANIFEST.sha256.json"
 """The file, in each checkpoint's directory, with the size and SHA-256 of every other file in it."""
 
-LOCK_FILE = "run.lock"
-"""The lock file a run keeps in its workdir while it runs (see :class:`WorkdirLock`)."""
-
-
-class WorkdirError(Exception):
-    """A workdir that a run cannot use as asked (held by another run, already used, changed settings,
-    checkpoints missing or damaged); the message names the path and what to do."""
-
-
-class WorkdirLocked(WorkdirError):
-    """Another live process holds the workdir's lock."""
-
-
-class CheckpointError(WorkdirError):
-    """No intact checkpoint to restore (each damaged one is named with what is wrong with it)."""
-
-
-class RunExistsError(WorkdirError, FileExistsError):
-    """The workdir holds an earlier run (checkpoints or logged steps) and the run was not asked to
-    resume it."""
-
-
-class ConfigChangedError(WorkdirError, ValueError):
-    """``resume`` with settings that would change the run (named in the message)."""
-
-
-class CheckpointsMissingError(WorkdirError, FileNotFoundError):
-    """``resume`` of a run whose logged checkpoints are gone from its workdir."""
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+"""The checkpoint item (a JSON object) holding the data position: "step", "epoch", "position",
+"steps_per_epoch"."""
 
 
 def abstract_like(state: PyTree, sharding: Optional[PyTree] = None) -> PyTree:
@@ -155,44 +134,104 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
+def layout_problem(step_dir: str) -> Optional[str]:
+    """Why this version cannot restore the checkpoint in ``step_dir`` although it may be intact (one
+    of the earlier layout: train state and history, no data position), or None."""
+    if os.path.isdir(os.path.join(step_dir, "history")) and not os.path.isdir(os.path.join(step_dir, DATA_ITEM)):
+        return (f"checkpoint {step_dir} has the earlier layout (train state + history, written by orthojax 0.2); "
+                f"this version's checkpoints hold the train state and the data position, and it cannot resume "
+                f"it. Start the run again in a new workdir (its metrics.jsonl stays readable)")
+    return None
+
+
+def position_record(step: int, steps_per_epoch: int) -> dict:
+    """The :data:`DATA_ITEM` of a checkpoint at ``step``: {"step", "epoch", "position",
+    "steps_per_epoch"} (see :func:`orthojax.training.schedule.data_position`)."""
+    return {**data_position(step, steps_per_epoch)._asdict(), "steps_per_epoch": steps_per_epoch}
+
+
+def check_position(record: Mapping[str, Any], *, step: int, state_step: int,
+                   steps_per_epoch: Optional[int], where: str) -> DataPosition:
+    """Checks a checkpoint's data position against the checkpoint's step, its state and the run.
+
+    Args:
+      record: the checkpoint's :data:`DATA_ITEM`.
+      step: the checkpoint's step (its directory name).
+      state_step: the restored ``TrainState.step`` (the first seed's when vmapped).
+      steps_per_epoch: the resuming run's steps per epoch (None: not checked, e.g. for an evaluation).
+      where: the checkpoint's path, for the messages.
+
+    Returns:
+      The :class:`~orthojax.training.schedule.DataPosition` it records.
+
+    Raises:
+      CheckpointError: the record is malformed, or disagrees with the step or with the state's step.
+      ConfigChangedError: the checkpoint was written with another number of steps per epoch (the data
+        position would point elsewhere in the data).
+    """
+    try:
+        saved = DataPosition(int(record["step"]), int(record["epoch"]), int(record["position"]))
+        saved_spe = int(record["steps_per_epoch"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {where}: unreadable data position {record!r} ({error})") from None
+    if saved.step != step or state_step != step or saved != data_position(step, saved_spe):
+        raise CheckpointError(
+            f"checkpoint {where}: inconsistent data position {dict(record)} for checkpoint step {step} and train "
+            f"state step {state_step}; restore an earlier checkpoint or start a new workdir")
+    if steps_per_epoch is not None and saved_spe != steps_per_epoch:
+        raise ConfigChangedError(
+            f"checkpoint {where} was written with {saved_spe} steps per epoch (at batch {saved.position} of epoch "
+            f"{saved.epoch}); this run has {steps_per_epoch}, so it would resume elsewhere in the data. Resume "
+            f"with the same data and batch size, or start a new workdir")
+    return saved
+
+
 class Restored(NamedTuple):
     """What :meth:`Checkpointer.restore_latest` returns."""
 
     step: int
     state: PyTree
-    history: dict
+    position: dict  # the checkpoint's DATA_ITEM (see check_position)
     skipped: list  # [(step, reason)] of the newer checkpoints found damaged
 
 
 class Checkpointer:
-    """A thin wrapper over ``orbax.checkpoint.CheckpointManager`` for (state, history) pairs, with a
-    checksum manifest per checkpoint, verified on restore.
+    """A thin wrapper over ``orbax.checkpoint.CheckpointManager`` for (train state, data position) pairs,
+    with a checksum manifest per checkpoint, verified on restore.
 
     Args:
-      directory: where the step directories go (created if missing).
+      directory: where the step directories go (created if missing, unless ``read_only``).
       max_to_keep: keep the last ``max_to_keep`` checkpoints (None keeps all).
       async_save: write in a background thread (call :meth:`wait` before exiting).
       on_saved: ``fn(step)`` called (in the caller's thread) once a checkpoint and its manifest are
         complete on disk.
+      read_only: only restore: create, clean up and delete nothing (e.g. to evaluate the checkpoints of
+        a run that may still be writing them).
+
+    Raises:
+      ValueError: ``max_to_keep`` < 1.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: Optional[int] = 3,
-                 async_save: bool = False, on_saved: Optional[Callable[[int], None]] = None):
+                 async_save: bool = False, on_saved: Optional[Callable[[int], None]] = None,
+                 read_only: bool = False):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None; got {max_to_keep}")
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
+            read_only=read_only,
         )
         self.directory = os.path.abspath(os.fspath(directory))
         self.on_saved = on_saved
         self._pending: list[int] = []
+        self._closed = False
         self._manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "history"))
+        return ocp.CheckpointManager(self.directory, options=self._options, item_names=(STATE_ITEM, DATA_ITEM))
 
     def step_directory(self, step: int) -> str:
         """The directory of checkpoint ``step``."""
@@ -211,15 +250,17 @@ class Checkpointer:
         self._finish_pending()
         return verify_checkpoint(self.step_directory(step))
 
-    def save(self, step: int, state: PyTree, history: dict) -> None:
-        """Saves ``state`` and the JSON-serialisable ``history`` as checkpoint ``step`` (skipped if it
-        already exists), then its manifest (at once, or when the asynchronous save has finished)."""
+    def save(self, step: int, state: PyTree, position: Mapping[str, Any]) -> None:
+        """Saves ``state`` and the data ``position`` (:func:`position_record`) as checkpoint ``step``
+        (skipped if it already exists), then its manifest (at once, or when the asynchronous save has
+        finished)."""
         self._finish_pending()
         if step in self._manager.all_steps():
             return
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)),
+            args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                       DATA_ITEM: ocp.args.JsonSave(dict(position))}),
             force=True,
         )
         self._pending.append(step)
@@ -251,27 +292,30 @@ class Checkpointer:
           verify: check the checkpoint's files against its manifest first.
 
         Returns:
-          ``(state, history)``.
+          ``(state, position)``: the train state and the data position record.
 
         Raises:
           FileNotFoundError: no checkpoint at all.
-          CheckpointError: ``step`` (or, for None, every checkpoint) is damaged.
+          CheckpointError: ``step`` (or, for None, every checkpoint) is damaged, or has the earlier layout.
         """
         if step is None:
             restored = self.restore_latest(abstract_state, verify=verify)
-            return restored.state, restored.history
-        if verify:
+            return restored.state, restored.position
+        problem = layout_problem(self.step_directory(step))
+        if problem is None and verify:
             problem = self.verify(step)
-            if problem is not None:
-                raise CheckpointError(f"checkpoint {self.step_directory(step)} is damaged: {problem}")
+            problem = None if problem is None else f"checkpoint {self.step_directory(step)} is damaged: {problem}"
+        if problem is not None:
+            raise CheckpointError(problem)
         return self._restore(abstract_state, step)
 
     def _restore(self, abstract_state: PyTree, step: int) -> tuple[PyTree, dict]:
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                                       DATA_ITEM: ocp.args.JsonRestore()}),
         )
-        return restored.state, restored.history
+        return restored[STATE_ITEM], restored[DATA_ITEM]
 
     def restore_latest(self, abstract_state: PyTree, *, verify: bool = True) -> Restored:
         """Restores the newest checkpoint whose files match its manifest; each newer, damaged one is
@@ -279,7 +323,7 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: no checkpoint at all.
-          CheckpointError: every checkpoint is damaged.
+          CheckpointError: every checkpoint is damaged, or the newest intact one has the earlier layout.
         """
         self._finish_pending()
         steps = self.all_steps()
@@ -289,14 +333,17 @@ class Checkpointer:
         for step in reversed(steps):
             problem = verify_checkpoint(self.step_directory(step)) if verify else None
             if problem is None:
+                layout = layout_problem(self.step_directory(step))
+                if layout is not None:
+                    raise CheckpointError(layout)
                 try:
-                    state, history = self._restore(abstract_state, step)
+                    state, position = self._restore(abstract_state, step)
                 except Exception as error:
                     if verify:  # the files are the ones written: not damage
                         raise
                     problem = f"cannot be restored ({type(error).__name__}: {error})"
                 else:
-                    return Restored(step, state, history, skipped)
+                    return Restored(step, state, position, skipped)
             skipped.append((step, problem))
             message = f"checkpoint {self.step_directory(step)} is damaged, skipped: {problem}"
             warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -339,184 +386,11 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
+        """Waits for pending saves and releases the manager (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._finish_pending()
         finally:
             self._manager.close()
-
-
-# ----------------------------------------------------------------------------- the workdir lock
-def _process_start(pid: int) -> Optional[str]:
-    """The start time of process ``pid`` (Linux: field 22 of /proc/<pid>/stat), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-        return text.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-class WorkdirLock:
-    """Gives one run at a time a workdir: ``<workdir>/run.lock`` holds the owner's pid, host and process
-    start time while it runs, under an exclusive ``flock``, and is removed when the run ends.
-
-    A process that dies (SIGKILL, a crash, a lost machine) loses its ``flock`` with it, so its lock is
-    stale and the next run takes it over. Where ``flock`` is not available, a lock is stale when its pid
-    is dead (or now belongs to another process) on this host. A lock held by another live run is refused
-    with :class:`WorkdirLocked`, naming the owner.
-
-    Use as a context manager, or :meth:`acquire` / :meth:`release`.
-    """
-
-    def __init__(self, workdir: str | os.PathLike):
-        self.workdir = os.path.abspath(os.fspath(workdir))
-        self.path = os.path.join(self.workdir, LOCK_FILE)
-        self._fd: Optional[int] = None
-
-    @staticmethod
-    def _me() -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(sys.argv)}
-
-    def owner(self) -> Optional[dict]:
-        """The lock file's record (None: no lock file; {} for an unreadable or empty one)."""
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-            return data if isinstance(data, dict) else {}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
-
-    def _stale_by_pid(self, owner: Optional[dict]) -> bool:
-        """Without ``flock``: whether ``owner``'s process is gone (same host only)."""
-        if not owner:
-            return True
-        if owner.get("host") != socket.gethostname():
-            return False
-        try:
-            pid = int(owner.get("pid"))
-        except (TypeError, ValueError):
-            return True
-        if not _alive(pid):
-            return True
-        start = owner.get("start")
-        return start is not None and _process_start(pid) not in (None, start)
-
-    @staticmethod
-    def describe(owner: Optional[dict]) -> str:
-        """"pid N on HOST, since T, running ARGV"."""
-        owner = owner or {}
-        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
-        if owner.get("since"):
-            who += f", since {owner['since']}"
-        if owner.get("argv"):
-            who += f", running {' '.join(map(str, owner['argv']))}"
-        return who
-
-    def _message(self, owner: Optional[dict]) -> str:
-        return (f"{self.workdir} is in use by another run ({self.describe(owner)}; lock file {self.path}); "
-                f"wait for it to finish or stop it")
-
-    def locked_by_other(self) -> Optional[dict]:
-        """The owner's record if another live run holds the lock, else None (changes nothing)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except (BlockingIOError, PermissionError):
-                return self.owner() or {}
-            except (ImportError, OSError):  # no flock here
-                owner = self.owner()
-                return None if self._stale_by_pid(owner) else owner
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return None
-        finally:
-            os.close(fd)
-
-    def check(self) -> None:
-        """Raises :class:`WorkdirLocked` if another live run holds the lock (changes nothing)."""
-        if self._fd is not None:
-            return
-        owner = self.locked_by_other()
-        if owner is not None:
-            raise WorkdirLocked(self._message(owner))
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
-    def acquire(self) -> "WorkdirLock":
-        """Takes the lock (creating the workdir), taking over a stale one.
-
-        Raises:
-          WorkdirLocked: another live run holds it.
-        """
-        if self._fd is not None:
-            return self
-        os.makedirs(self.workdir, exist_ok=True)
-        for _ in range(50):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except (BlockingIOError, PermissionError):
-                os.close(fd)
-                raise WorkdirLocked(self._message(self.owner())) from None
-            except (ImportError, OSError):  # no flock here: the pid decides
-                owner = self.owner()
-                if owner and not self._stale_by_pid(owner) and owner.get("pid") != os.getpid():
-                    os.close(fd)
-                    raise WorkdirLocked(self._message(owner)) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # released (and removed) by its owner between our open and our flock: retry
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(self._me()).encode())
-            os.fsync(fd)
-            self._fd = fd
-            return self
-        raise WorkdirLocked(f"could not take the lock {self.path} (contended)")
-
-    def release(self) -> None:
-        """Removes the lock file and releases the lock, if this object holds it."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        finally:
-            os.close(fd)
-
-    def __enter__(self) -> "WorkdirLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

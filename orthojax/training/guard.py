@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["NonFiniteError", "all_finite", "keep_if_finite", "check_streak"]
+__all__ = ["NonFiniteError", "all_finite", "check_streak", "halt_at_limit", "keep_if_finite"]
 
 
 class NonFiniteError(RuntimeError):
-    """Raised when too many consecutive steps had a non-finite loss or gradient."""
+    """Raised when too many consecutive steps had a non-finite loss or gradient.
+
+    Attributes:
+      step: the step that reached the limit (None when unknown).
+    """
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 def all_finite(*trees: PyTree) -> jax.Array:
@@ -43,5 +51,33 @@ def check_streak(streak: int, limit: int, step: int) -> None:
         raise NonFiniteError(
             f"{streak} consecutive steps (up to step {step}) had a non-finite loss or gradient; "
             f"the parameters were left unchanged by those steps and the run stopped "
-            f"(limit max_nonfinite={limit}). Lower the learning rate or check the inputs."
+            f"(limit max_nonfinite={limit}). Lower the learning rate or check the inputs.",
+            step=step,
         )
+
+
+def halt_at_limit(train_step: Callable, limit: int) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)`` that stops exactly at the non-finite limit.
+
+    Once any seed's ``state.nonfinite_streak`` has reached ``limit``, the step returns the state
+    unchanged (step counter included); every step reports the streak after it as the metric
+    "nonfinite_streak". The device may run ahead of the host, which reads the metrics only every few
+    steps, but the state stops at the step that reached the limit.
+
+    Args:
+      train_step: the (possibly vmapped) step; ``state`` has an int ``nonfinite_streak`` leaf.
+      limit: consecutive non-finite steps allowed, >= 1.
+
+    Raises:
+      ValueError: ``limit`` < 1.
+    """
+    if limit < 1:
+        raise ValueError(f"halt_at_limit: limit must be >= 1; got {limit}")
+
+    def step(state, batch):
+        new_state, metrics = train_step(state, batch)
+        halted = jnp.any(state.nonfinite_streak >= limit)
+        new_state = jax.tree.map(lambda new, old: jnp.where(halted, old, new), new_state, state)
+        return new_state, dict(metrics, nonfinite_streak=new_state.nonfinite_streak)
+
+    return step

@@ -1,5 +1,5 @@
-"""Run outputs: ``config.json``, ``metrics.jsonl`` (one JSON record per train step / evaluation /
-completed checkpoint) and TensorBoard event files, plus the one-line epoch summary; and the reading side
+"""Run outputs: ``config.json``, ``metrics.jsonl`` (one JSON record per train step / epoch summary /
+completed checkpoint / final status) and TensorBoard event files, plus the one-line epoch summary; and the reading side
 that a resumed run checks: the saved config against the new one (:func:`config_changes`) and what
 ``metrics.jsonl`` says happened (:func:`scan_metrics`)."""
 
@@ -12,6 +12,8 @@ import tempfile
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from orthojax.training.history import read_records
 
 __all__ = ["MetricWriter", "config_changes", "epoch_summary", "read_config", "scan_metrics", "to_jsonable",
            "write_config"]
@@ -109,20 +111,12 @@ def scan_metrics(workdir: str | os.PathLike) -> dict:
     torn lines are skipped)."""
     path = os.path.join(workdir, "metrics.jsonl")
     out = {"exists": os.path.exists(path), "train_steps": 0, "checkpoints": [], "records": 0}
-    if not out["exists"]:
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                step = int(record.get("step", 0))
-            except (ValueError, TypeError, AttributeError):
-                continue
-            out["records"] += 1
-            if record.get("kind") == "train":
-                out["train_steps"] = max(out["train_steps"], step)
-            elif record.get("kind") == "checkpoint":
-                out["checkpoints"].append(step)
+    for record in read_records(path):
+        out["records"] += 1
+        if record.get("kind") == "train":
+            out["train_steps"] = max(out["train_steps"], int(record["step"]))
+        elif record.get("kind") == "checkpoint":
+            out["checkpoints"].append(int(record["step"]))
     return out
 
 
@@ -139,7 +133,7 @@ def _scalars(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
 class MetricWriter:
     """Appends records to ``<workdir>/metrics.jsonl`` and TensorBoard events under ``<workdir>/tb``.
 
-    Every record has "kind" ("train", "epoch" or "checkpoint") and "step". A writer with ``enabled=False``
+    Every record has "kind" ("train", "epoch", "checkpoint" or "status") and "step". A writer with ``enabled=False``
     (processes other than 0) writes nothing.
 
     Args:
@@ -177,30 +171,24 @@ class MetricWriter:
                     self._tb.add_scalar(tag, x, step)
 
     def truncate_after(self, step: int) -> None:
-        """Drops records with a step beyond ``step`` (and a torn last line), e.g. when resuming."""
+        """Drops records with a step beyond ``step`` (and torn lines), e.g. when resuming; atomic."""
         if not self.enabled or not os.path.exists(self.path):
             return
         self._file.close()
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    record_step = int(record.get("step", 0))
-                except (ValueError, TypeError, AttributeError):
-                    continue
-                if record_step <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+        kept = [json.dumps(r) + "\n" for r in read_records(self.path) if int(r["step"]) <= step]
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".metrics-")
         with os.fdopen(fd, "w") as f:
             f.writelines(kept)
         os.replace(tmp, self.path)
         self._file = open(self.path, "a")
 
-    def flush(self) -> None:
-        """Flushes the JSONL file and the event files."""
+    def flush(self, sync: bool = False) -> None:
+        """Flushes the JSONL file and the event files; ``sync`` also asks the OS to write the JSONL file
+        to disk (``os.fsync``: before a checkpoint, so that the history it needs survives a crash)."""
         if self._file is not None:
             self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
         if self._tb is not None:
             self._tb.flush()
 
