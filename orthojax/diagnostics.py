@@ -21,6 +21,9 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+__all__ = ["PhiStats", "conflict_rate", "first_epoch_sigma", "pairwise_cosines", "phi_stats", "rolling_sigma",
+           "summarize_cosines"]
+
 
 def _as_array(cosines: Any) -> np.ndarray:
     c = np.asarray(cosines, dtype=np.float64)

@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 
 from orthojax.diagnostics import rolling_sigma
 
+__all__ = ["plot_accuracy_vs_sigma", "plot_cosine_distributions", "plot_rolling_sigma", "plot_training_curves"]
+
 
 def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.0)):
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=100)
