@@ -1,8 +1,10 @@
 """The training step: model + task losses -> method gradient -> optax update -> step metrics.
 
 An experiment supplies a Flax model, ``task_losses(outputs, batch) -> (T,)``, a method and an optimiser;
-:func:`make_train_step` turns them into one pure ``train_step(state, batch) -> (state, metrics)`` to be
-compiled with ``jax.jit`` (see :mod:`orthojax.training.sharding`) and optionally ``jax.vmap``-ed over seeds
+:func:`make_problem` adapts the model and that function to the task-loss contract
+(:mod:`orthojax.task_losses`: ``fn(params, batch, rng) -> (losses (T,), aux)``, through its adapter
+``from_outputs``), and :func:`make_train_step` turns them into one pure ``train_step(state, batch) ->
+(state, metrics)`` to be compiled with ``jax.jit`` (see :mod:`orthojax.training.sharding`) and optionally ``jax.vmap``-ed over seeds
 (see :mod:`orthojax.training.seeds`).
 """
 
@@ -17,26 +19,28 @@ import optax
 
 from orthojax.methods.base import Method, MultiTaskProblem, last_shared_cosine
 from orthojax.select import Selector
+from orthojax.task_losses import OutputLossFn, from_outputs
 from orthojax.training.guard import all_finite, keep_if_finite
 from orthojax.training.state import TrainState, model_variables, step_key
 
 PyTree = Any
 Batch = Mapping[str, Any]
-TaskLossFn = Callable[[tuple, Batch], jax.Array]
 
 __all__ = ["make_problem", "make_train_step"]
 
 
 def make_problem(
     model: nn.Module,
-    task_losses: TaskLossFn,
+    task_losses: OutputLossFn,
     batch_stats: PyTree,
     *,
     last_shared: Selector,
     shared: Selector = "encoder",
     input_key: str = "image",
 ) -> MultiTaskProblem:
-    """The :class:`MultiTaskProblem` of a Flax model in training mode.
+    """The :class:`MultiTaskProblem` of a Flax model in training mode: the adapter from a model and
+    ``task_losses(outputs, batch) -> (T,)`` to the task-loss contract (``problem.task_losses(params, batch,
+    rng) -> (losses (T,), aux)``, built by :func:`orthojax.task_losses.from_outputs`).
 
     ``rng`` drives dropout. The aux of ``task_losses`` / ``decode`` is the updated BatchNorm statistics;
     ``encode`` carries them (updated by the encoder) to ``decode`` inside its extras.
@@ -59,9 +63,8 @@ def make_problem(
         out, updates = model.apply(variables, *args, mutable=["batch_stats"], **kwargs)
         return out, updates["batch_stats"]
 
-    def losses_fn(params, batch, rng):
-        outputs, stats = apply(params, batch_stats, rng, batch[input_key])
-        return task_losses(tuple(outputs), batch), stats
+    def forward(params, batch, rng):
+        return apply(params, batch_stats, rng, batch[input_key])
 
     def encode(params, batch, rng):
         (zs, extras), stats = apply(params, batch_stats, rng, batch[input_key], method="encode")
@@ -73,7 +76,7 @@ def make_problem(
         return task_losses(tuple(outputs), batch), stats
 
     return MultiTaskProblem(
-        task_losses=losses_fn, last_shared=last_shared, shared=shared, encode=encode, decode=decode
+        task_losses=from_outputs(forward, task_losses), last_shared=last_shared, shared=shared, encode=encode, decode=decode
     )
 
 
@@ -89,7 +92,7 @@ def _diagnostic_cosine(problem, state, batch, rng, losses, every: int) -> jax.Ar
 
 def make_train_step(
     model: nn.Module,
-    task_losses: TaskLossFn,
+    task_losses: OutputLossFn,
     method: Method,
     optimizer: optax.GradientTransformation,
     *,
@@ -107,7 +110,7 @@ def make_train_step(
 
     Args:
       model, task_losses: see :func:`make_problem`.
-      method: any method from :func:`orthojax.methods.get_method`.
+      method: any :class:`~orthojax.methods.Method` (e.g. from :func:`orthojax.methods.build_method`).
       optimizer: the optax optimiser.
       last_shared, shared, input_key: see :func:`make_problem`.
       cosine: report the (T, T) cosine matrix of the last shared layer's task gradients for every method
