@@ -528,9 +528,7 @@ def parse_command(experiment: Experiment, argv: Optional[Sequence[str]] = None) 
         try:
             config = apply_override(config, field, text, parsers)
         except ConfigError as error:
-            where = f"argument {option}" if option == "--set" or option.startswith("--config") else \
-                f"argument {option} ({field})"
-            parser.error(f"{where}: {error}")
+            parser.error(f"argument {option}: {error}")  # the error names the field
     return Command(config=config, workdir=workdir, resume=args.resume, eval_only=args.eval_only,
                    progress=not args.no_progress, compilation_cache=args.compilation_cache,
                    distributed=_distributed(args, parser), saved=saved, args=args)
