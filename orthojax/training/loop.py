@@ -474,9 +474,10 @@ def train_and_evaluate(
         checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                                     async_save=config.async_checkpoint)
         stack.callback(checkpointer.close)
-        if latest is not None:
+        if latest is not None:  # the newest intact checkpoint may be older than the newest one
             state, history = _restore(checkpointer, abstract_like(abstract, sharding), config, workdir,
                                       steps_per_epoch, primary)
+            latest = _state_step(state)
         else:
             state = _initial_state(init, keys, sharding, init_variables, optimizer, config.num_seeds)
             history = History()
