@@ -1,13 +1,16 @@
 """Runs a benchmark's table: every row (method + model options) for every seed, through one engine.
 
 A :class:`Benchmark` says what is specific to a dataset (model, task losses, metrics, data); this module
-does the rest the same way for all of them: single-task rows (one run per task), Recon's two stages, the
-runs' workdirs and resumption, and the per-row summaries that :mod:`experiments.report` turns into
-``results.md`` / ``results.json`` and plots.
+does the rest the same way for all of them and for every method, built-in or a user's
+(``"my_pkg.my_module:my_method"``): it builds the method from the registry with the run's context
+(:class:`orthojax.methods.RunContext`: the number of tasks, the learning rate, the steps per epoch, the
+model's representation size and shared layers), trains it once, or, for a method with a multi-stage
+protocol (:mod:`orthojax.methods.protocol`), lets the protocol drive the runs; then it writes the per-row
+summaries that :mod:`experiments.report` turns into ``results.md`` / ``results.json`` and plots.
 
-Layout of ``<workdir>``: ``<row>/seed_<s>/`` per run (``<row>/seed_<s>/task_<t>/`` for single task,
-``recon/seed_<s>/stage1`` and ``.../retrain`` for Recon), each an engine workdir (config.json,
-metrics.jsonl, tb/, checkpoints/, history.json).
+Layout of ``<workdir>``: ``<row>/seed_<s>/`` per run, ``<row>/seed_<s>/<stage>/`` per stage of a protocol
+(e.g. ``task_<t>`` for single task, ``stage1`` and ``retrain`` for Recon), each an engine workdir
+(config.json, metrics.jsonl, tb/, checkpoints/, history.json).
 
 Reliability: :func:`check_table` checks every run of a table before the first one trains (batch size,
 method hyper-parameters, and each run's workdir: not held by another run, resumed only when asked and
@@ -33,11 +36,11 @@ import optax
 
 from orthojax.data import iterate_batches, prefetch, steps_per_epoch
 from orthojax.diagnostics import pairwise_cosines, phi_stats
-from orthojax.methods import get_method
-from orthojax.methods.recon import conflict_scores, save_scores_json, select_conflict_layers
+from orthojax.methods import MethodSpec, Outcome, RunContext, StageResult, get_method, method_spec
 from orthojax.training import (
     EvalMetrics, TrainConfig, WorkdirError, check_workdir, model_variables, stop_requested, train_and_evaluate,
 )
+from orthojax.training.history import History
 
 Batch = Mapping[str, Any]
 
@@ -45,11 +48,10 @@ __all__ = ["Benchmark", "Row", "RunInterrupted", "RunSettings", "SETTINGS_MAY_CH
            "run_row", "run_table"]
 
 SETTINGS_MAY_CHANGE = tuple(f"settings.{name}" for name in (
-    "resume", "progress", "checkpoint_every", "max_steps", "seeds", "vmap_seeds", "epochs", "recon_k", "recon_s",
-    "recon_base", "recon_stage1_epochs"))
+    "resume", "progress", "checkpoint_every", "max_steps", "seeds", "vmap_seeds", "epochs"))
 """RunSettings fields that a resumed run may see changed: harmless ones (progress, checkpoint cadence,
 max_steps: checked by the engine), or ones whose effect on a run is recorded elsewhere in its config
-(its seeds, number of epochs, Recon's layers and base method)."""
+(its seeds, number of epochs)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -63,7 +65,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One table row: a method with its hyper-parameters and model options."""
+    """One table row: a method (registry name, alias or ``"pkg.module:attr"``) with its hyper-parameters
+    and model options."""
 
     key: str
     label: str
@@ -88,10 +91,6 @@ class RunSettings:
     vmap_seeds: bool = False
     resume: bool = False
     progress: bool = True
-    recon_k: int = 1
-    recon_s: float = 0.0
-    recon_base: str = "equal"
-    recon_stage1_epochs: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +106,8 @@ class Benchmark:
       eval_metrics: the accumulator; its finalize returns a flat dict of floats / lists.
       table_metrics: ``fn(finalized eval) -> {column: value}`` for a multi-task run.
       single_task_metrics: ``fn(task t, finalized eval) -> {column: value}`` (task t's columns only).
-      latent_size: ``fn(model) -> int`` channels of the shared representation (RotoGrad).
+      latent_size: optional ``fn(model) -> int``: channels of the shared representation, for models without
+        a ``latent_size()`` method (a method may take it from the run's context, e.g. RotoGrad).
       augment: optional ``transform(batch, rng) -> batch`` for training batches.
       combine_single_task: optional ``fn(columns) -> columns`` completing a single-task row once every
         task's columns are in (e.g. the harmonic mean of the task accuracies).
@@ -127,24 +127,21 @@ class Benchmark:
     eval_metrics: EvalMetrics
     table_metrics: Callable[[Mapping[str, Any]], dict]
     single_task_metrics: Callable[[int, Mapping[str, Any]], dict]
-    latent_size: Callable[[nn.Module], int]
+    latent_size: Optional[Callable[[nn.Module], int]] = None
     augment: Optional[Callable[[Batch, np.random.Generator], Batch]] = None
     combine_single_task: Optional[Callable[[dict], dict]] = None
     final_eval: Optional[Callable[[nn.Module, Any, Callable], dict]] = None
     init_variables: Optional[Callable[[Any], Any]] = None
 
 
-def row_for(key: str, known_rows: Mapping[str, Row], cli_kwargs: Mapping[str, Mapping[str, Any]],
-            recon_base: str = "equal") -> Row:
-    """The row ``key``: a benchmark-defined row, else the registry method of that name.
+def row_for(key: str, known_rows: Mapping[str, Row], cli_kwargs: Mapping[str, Mapping[str, Any]]) -> Row:
+    """The row ``key``: a benchmark-defined row, else the method of that name (or reference).
 
     ``cli_kwargs`` maps method names to hyper-parameters from the command line (e.g. {"cosreg":
-    {"alpha": 10}}); they complete the row's own hyper-parameters, never override them. A Recon row
-    carries the hyper-parameters of the method that retrains its network (``recon_base``).
+    {"alpha": 10}}); they complete the row's own hyper-parameters, never override them.
     """
     row = known_rows[key] if key in known_rows else Row(key=key, label=key, method=key)
-    source = recon_base if row.method == "recon" else row.method
-    kwargs = {**dict(cli_kwargs.get(source, {})), **dict(row.method_kwargs)}
+    kwargs = {**dict(cli_kwargs.get(row.method, {})), **dict(row.method_kwargs)}
     return dataclasses.replace(row, method_kwargs=kwargs)
 
 
@@ -190,16 +187,33 @@ class _RunSpec:
     seeds: tuple
 
 
+def _latent_size(bench: Benchmark, model: Any) -> Optional[int]:
+    """The model's representation size: its ``latent_size()``, else the benchmark's, else None."""
+    if callable(getattr(model, "latent_size", None)):
+        return int(model.latent_size())
+    return None if bench.latent_size is None else int(bench.latent_size(model))
+
+
+def _shared_layer_names(model: Any) -> tuple:
+    names = getattr(model, "shared_layer_names", None)
+    return tuple(names()) if callable(names) else ()
+
+
+def run_context(bench: Benchmark, settings: RunSettings, model: Any, model_kwargs: Mapping) -> RunContext:
+    """What a method may take from the run when its user leaves a hyper-parameter unset."""
+    return RunContext(num_tasks=len(bench.task_names), learning_rate=settings.learning_rate,
+                      steps_per_epoch=_steps_per_epoch(bench, settings), latent_size=_latent_size(bench, model),
+                      model_kwargs=dict(model_kwargs), shared_layer_names=_shared_layer_names(model))
+
+
 def _spec(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
           model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> _RunSpec:
     model = bench.build_model(dict(model_kwargs))
-    kwargs = dict(method_kwargs)
-    if method_name in ("rotate_only", "rotograd", "rotograd_norm"):
-        kwargs.setdefault("latent_size", bench.latent_size(model))
-        kwargs.setdefault("learning_rate", settings.learning_rate / 2)
+    method = method_spec(method_name)
+    # the hyper-parameters the user set, and those the method takes from the run (not the defaults)
+    kwargs = method.complete(method_kwargs, run_context(bench, settings, model, model_kwargs))
+    method_name = method.name
     n_steps = _steps_per_epoch(bench, settings)
-    if method_name == "dwa":  # DWA averages the task losses over epochs (MTAN), not single steps
-        kwargs.setdefault("period", n_steps)
     config = TrainConfig(
         num_epochs=epochs or settings.epochs, seed=int(seeds[0]), num_seeds=len(seeds),
         checkpoint_every=settings.checkpoint_every, resume=settings.resume, max_steps=settings.max_steps,
@@ -218,7 +232,8 @@ def _check_stop(workdir: str) -> None:
 
 def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: str, method_kwargs: Mapping,
            model_kwargs: Mapping, seeds: Sequence[int], epochs: Optional[int] = None) -> dict:
-    """One engine run (S vmapped seeds when ``len(seeds) > 1``); returns the run summary.
+    """One engine run (S vmapped seeds when ``len(seeds) > 1``); returns the run summary (its "history":
+    the run's :class:`~orthojax.training.history.History`, or None for a finished run that was reused).
 
     Raises:
       RunInterrupted: a signal stopped the run (or arrived before it started).
@@ -233,7 +248,7 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         with open(done) as f:
             summary = json.load(f)
         if summary.get("steps") == spec.config.total_steps(spec.steps_per_epoch):
-            return summary
+            return {**summary, "history": None}
     method = get_method(method_name, **spec.method_kwargs)
     model = spec.model
     sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
@@ -265,12 +280,11 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         "steps": len(history.train),
         "nonfinite_steps": len(history.nonfinite_steps),
         "skipped": history.skipped_steps(len(seeds)),
-        "layer_cosines": history.metric("layer_cosines").tolist() if method_name == "recon" else None,
     }
     if history.status == "completed":
         with open(done, "w") as f:
             json.dump(summary, f)
-    return summary
+    return {**summary, "history": history}
 
 
 def _per_seed(evaluation: Optional[Mapping], num_seeds: int) -> list:
@@ -337,13 +351,14 @@ def run_row(bench: Benchmark, settings: RunSettings, row: Row, workdir: str) -> 
     for seeds in _seed_groups(settings):
         base = os.path.join(workdir, row.key, _run_tag(seeds))
         try:
-            if row.method == "single_task":
-                per_seed.extend(_single_task(bench, settings, row, base, seeds))
-            elif row.method == "recon":
-                per_seed.extend(_recon(bench, settings, row, base, seeds))
-            else:
+            spec = method_spec(row.method)
+            if spec.protocol is None:
                 summary = _train(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds)
                 per_seed.extend(_seed_results(bench, summary))
+            else:
+                stages = RowStages(bench, settings, row, base, seeds)
+                outcome = spec.protocol.run(stages, _protocol_hyperparameters(spec, row))
+                per_seed.extend(_outcome_results(bench, stages, outcome))
         except Exception as error:  # RunInterrupted is not an Exception: it stops the table
             _report_failure(f"row {row.key!r}, seeds {list(seeds)} ({base})", error)
             per_seed.extend(_failed(seeds, error))
@@ -372,12 +387,87 @@ def _seed_results(bench: Benchmark, summary: Mapping) -> list:
     return out
 
 
-def _single_task(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
-    """One run per task; each seed's metrics take task t's columns from run t."""
-    summaries = [
-        _train(bench, settings, os.path.join(base, f"task_{t}"), "single_task", {"task": t}, row.model_kwargs, seeds)
-        for t in range(len(bench.task_names))
-    ]
+def _protocol_hyperparameters(spec: MethodSpec, row: Row) -> dict:
+    """A protocol's hyper-parameters: the row's, checked against the method's names (no defaults added)."""
+    return spec.complete(row.method_kwargs)
+
+
+def _metric_per_seed(summary: Mapping, num_seeds: int) -> Callable[[str], np.ndarray]:
+    """``fn(name) -> (S, steps, ...)``: a step metric of a run, from its history (rebuilt from its
+    ``metrics.jsonl`` when the run was reused)."""
+    def metric(name: str) -> np.ndarray:
+        history = summary.get("history") or History.from_metrics(summary["workdir"])
+        values = np.asarray(history.metric(name))
+        return values[None] if num_seeds == 1 else np.moveaxis(values, 1, 0)
+    return metric
+
+
+class RowStages:
+    """The :class:`orthojax.methods.Stages` of one row and group of seeds: each stage is an engine run in
+    ``<row workdir>/<stage>``, with the row's model options (plus the stage's) and the table's settings."""
+
+    def __init__(self, bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: Sequence[int]):
+        self.bench, self.settings, self.row, self.base, self.seeds = bench, settings, row, base, list(seeds)
+        self.num_tasks = len(bench.task_names)
+        self.num_seeds = len(self.seeds)
+        self.summaries: dict[str, dict] = {}
+
+    def _model_kwargs(self, model_kwargs: Mapping) -> dict:
+        return {**dict(self.row.model_kwargs), **dict(model_kwargs)}
+
+    def shared_layer_names(self, model_kwargs: Mapping[str, Any] = {}) -> tuple:
+        return _shared_layer_names(self.bench.build_model(self._model_kwargs(model_kwargs)))
+
+    def train(self, stage: str, method: str, hyperparameters: Mapping[str, Any], *,
+              model_kwargs: Mapping[str, Any] = {}, epochs: Optional[int] = None) -> StageResult:
+        workdir = self.stage_dir(stage)
+        summary = _train(self.bench, self.settings, workdir, method, hyperparameters,
+                         self._model_kwargs(model_kwargs), self.seeds, epochs)
+        summary = {**summary, "workdir": workdir}
+        self.summaries[stage] = summary
+        return StageResult(workdir=workdir, evaluations=tuple(summary["eval"]),
+                           metric=_metric_per_seed(summary, self.num_seeds), status=summary["status"])
+
+    def write_json(self, name: str, obj: Any) -> str:
+        path = self.stage_dir(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+        return path
+
+    def stage_dir(self, stage: str) -> str:
+        if not isinstance(stage, str) or not stage or os.path.isabs(stage) or ".." in stage.split("/"):
+            raise ValueError(f"a stage name must be a relative path inside the row's workdir; got {stage!r}")
+        return os.path.join(self.base, stage)
+
+
+def _outcome_results(bench: Benchmark, stages: RowStages, outcome: Outcome) -> list:
+    """Per-seed results of a protocol's row: the outcome's stage (or one stage per task); every stage's
+    steps and skipped steps counted; the outcome's extra fields added."""
+    named = [outcome.stage] if outcome.stage is not None else list(outcome.task_stages)
+    missing = [name for name in named if name not in stages.summaries]
+    if missing:
+        raise ValueError(f"the protocol's outcome names stages it did not train: {missing} (trained: "
+                         f"{sorted(stages.summaries)})")
+    if outcome.stage is not None:
+        results = _seed_results(bench, stages.summaries[outcome.stage])
+        others = [s for name, s in stages.summaries.items() if name != outcome.stage]
+        for i, r in enumerate(results):
+            r["nonfinite_steps"] += sum(int(_skipped(s)[i]) for s in others)
+            r["steps"] += sum(int(s["steps"]) for s in others)
+    else:
+        results = _task_results(bench, [stages.summaries[name] for name in named], stages.seeds)
+    for key, values in outcome.extra.items():
+        if len(values) != len(results):
+            raise ValueError(f"the protocol's outcome field {key!r} has {len(values)} values for "
+                             f"{len(results)} seeds")
+        for r, value in zip(results, values):
+            r[key] = value
+    return results
+
+
+def _task_results(bench: Benchmark, summaries: Sequence[Mapping], seeds: Sequence[int]) -> list:
+    """One run per task: each seed's metrics take task t's columns from run t."""
     out = []
     for i, seed in enumerate(seeds):
         metrics: dict = {}
@@ -392,31 +482,6 @@ def _single_task(bench: Benchmark, settings: RunSettings, row: Row, base: str, s
                     "nonfinite_steps": sum(int(_skipped(s)[i]) for s in summaries),
                     "steps": sum(int(s["steps"]) for s in summaries)})
     return out
-
-
-def _recon(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
-    """Recon: record per-layer cosines (stage 1), score, make the top-K layers task-specific, retrain."""
-    layers = tuple(bench.build_model(dict(row.model_kwargs)).shared_layer_names())
-    stage1 = _train(bench, settings, os.path.join(base, "stage1"), "recon",
-                    {"layers": layers, "base": "equal"}, row.model_kwargs, seeds,
-                    epochs=settings.recon_stage1_epochs)
-    history = np.asarray(stage1["layer_cosines"], dtype=np.float64)
-    if len(seeds) > 1:  # (steps, S, L, T, T): pool the seeds' iterations
-        history = history.reshape(-1, *history.shape[2:])
-    scores = np.asarray(conflict_scores(history, settings.recon_s))
-    k = min(settings.recon_k, len(layers))
-    selected = select_conflict_layers(scores, layers, k)
-    save_scores_json(os.path.join(base, "recon_scores.json"), layers, scores, threshold=settings.recon_s,
-                     num_steps=int(history.shape[0]), k=k)
-    model_kwargs = {**dict(row.model_kwargs), "task_specific_layers": tuple(selected)}
-    retrain = _train(bench, settings, os.path.join(base, "retrain"), settings.recon_base,
-                     dict(row.method_kwargs), model_kwargs, seeds)
-    results = _seed_results(bench, retrain)
-    for i, r in enumerate(results):  # the recording run's skipped steps count too
-        r["recon_layers"] = list(selected)
-        r["nonfinite_steps"] += int(_skipped(stage1)[i])
-        r["steps"] += int(stage1["steps"])
-    return results
 
 
 def _skipped(summary: Mapping) -> list:
@@ -436,20 +501,19 @@ def _steps_per_epoch(bench: Benchmark, settings: RunSettings) -> int:
 
 
 def _planned(bench: Benchmark, settings: RunSettings, row: Row, base: str, seeds: list) -> list:
-    """The runs of one row and seed group, as (workdir, spec or None: settings known only later)."""
-    if row.method == "single_task":
-        return [(os.path.join(base, f"task_{t}"),
-                 _spec(bench, settings, os.path.join(base, f"task_{t}"), "single_task", {"task": t}, row.model_kwargs,
-                       seeds)) for t in range(len(bench.task_names))]
-    if row.method == "recon":
-        layers = tuple(bench.build_model(dict(row.model_kwargs)).shared_layer_names())
-        stage1 = _spec(bench, settings, os.path.join(base, "stage1"), "recon", {"layers": layers, "base": "equal"},
-                       row.model_kwargs, seeds, epochs=settings.recon_stage1_epochs)
-        # the retrained network's layers come from stage 1: its settings are compared when it starts
-        retrain = _spec(bench, settings, os.path.join(base, "retrain"), settings.recon_base, dict(row.method_kwargs),
-                        row.model_kwargs, seeds)
-        return [(stage1.workdir, stage1), (retrain.workdir, dataclasses.replace(retrain, run_config=None))]
-    return [(base, _spec(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds))]
+    """The runs of one row and seed group, as (workdir, spec); a spec's run_config is None for a stage
+    whose settings depend on earlier stages (compared when it starts)."""
+    spec = method_spec(row.method)
+    if spec.protocol is None:
+        return [(base, _spec(bench, settings, base, row.method, row.method_kwargs, row.model_kwargs, seeds))]
+    stages = RowStages(bench, settings, row, base, seeds)
+    out = []
+    for planned in spec.protocol.plan(stages, _protocol_hyperparameters(spec, row)):
+        run_dir = stages.stage_dir(planned.stage)
+        run = _spec(bench, settings, run_dir, planned.method, planned.hyperparameters,
+                    {**dict(row.model_kwargs), **dict(planned.model_kwargs)}, seeds, epochs=planned.epochs)
+        out.append((run_dir, run if planned.settled else dataclasses.replace(run, run_config=None)))
+    return out
 
 
 def check_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> None:

@@ -22,7 +22,6 @@ import types
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 
 from orthojax.cosreg import cosine_matrix
 from orthojax.jacobian import task_jacobian

@@ -403,10 +403,11 @@ def _stage1(stages: Stages, hyperparameters: Mapping[str, Any]) -> PlannedStage:
     return PlannedStage("stage1", "recon", searched, epochs=_check_epochs(hyperparameters.get("stage1_epochs")))
 
 
-def _retrain(hyperparameters: Mapping[str, Any], selected: tuple = ()) -> PlannedStage:
+def _retrain(hyperparameters: Mapping[str, Any], selected: Optional[tuple] = None) -> PlannedStage:
+    """The retraining stage; its model options (the selected layers) are known once stage 1 has run."""
     spec, base_hps = _retrain_spec(hyperparameters.get("base", "equal"), hyperparameters.get("base_hyperparameters"))
-    return PlannedStage("retrain", spec.name, base_hps, model_kwargs={"task_specific_layers": tuple(selected)},
-                        settled=False)
+    model_kwargs = {"task_specific_layers": tuple(selected)} if selected else {}
+    return PlannedStage("retrain", spec.name, base_hps, model_kwargs=model_kwargs, settled=False)
 
 
 def _recon_plan(stages: Stages, hyperparameters: Mapping[str, Any]) -> list[PlannedStage]:
