@@ -6,7 +6,8 @@ Delta_p = 100/T sum_t 1/K_t sum_k (-1)^{w_tk} (B_tk - M_tk) / B_tk, averaged wit
 SegNet single-task baseline on NYUv2 (MTAN preprocessing) and the metric directions are here.
 
 References:
-  Navon et al., "Multi-Task Learning as a Bargaining Game" (Nash-MTL), ICML 2022, Delta_m.
+  Maninis, Radosavovic and Kokkinos, "Attentive Single-Tasking of Multiple Tasks", CVPR 2019 (Delta_m);
+  Navon et al., "Multi-Task Learning as a Bargaining Game" (Nash-MTL), ICML 2022 (its NYUv2 use).
   Lin and Zhang, "LibMTL: A Python Library for Multi-Task Learning", JMLR 2023, ``count_improvement``.
 """
 
