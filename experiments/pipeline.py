@@ -7,16 +7,25 @@ import dataclasses
 import os
 import sys
 import traceback
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+import types
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import jax
+import numpy as np
 
 from experiments.cli import Command, Distributed, Experiment, parse_command, row_key
 from experiments.configs import ExperimentConfig, config_changes, method_key, save_config
 from experiments.report import Column, failed_runs, summarize, write_plots, write_results
 from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
-from orthojax.methods.registry import method_names, resolve_method_name
-from orthojax.training import ConfigChangedError, StopRequest, WorkdirError, WorkdirLock, initialize_distributed
+from experiments.runner import _eval_batches, _optimizer  # the runs' evaluation batches and optimiser, as trained
+from orthojax.data import steps_per_epoch
+from orthojax.diagnostics import pairwise_cosines, phi_stats
+from orthojax.methods.protocol import StageResult
+from orthojax.methods.registry import RunContext, build_method, method_names, method_spec, resolve_method_name
+from orthojax.training import (
+    CheckpointsMissingError, ConfigChangedError, History, StopRequest, TrainConfig, WorkdirError, WorkdirLock,
+    evaluate_checkpoint, initialize_distributed, read_config,
+)
 
 __all__ = ["EXIT_FAILED_RUNS", "Table", "check_config", "check_rows", "command_scope", "compilation_cache_dir",
            "evaluate_table", "protocol_lines", "run_benchmark", "run_command", "run_experiment", "run_parsed", "run_settings",
@@ -285,3 +294,156 @@ def run_parsed(command: Command, build: Callable[[ExperimentConfig], Table], pap
                          title=table.title, columns=table.columns, paper=table.paper, data_info=table.data_info,
                          protocol=table.protocol, notes=table.notes, extra=table.extra, config=command.config,
                          eval_only=command.eval_only)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --eval-only: the table's checkpoints evaluated, nothing trained
+# ------------------------------------------------------------------------------------------------------------
+
+class _Evaluated(NamedTuple):
+    """One evaluated run: its stage result and its per-seed rows for the report."""
+
+    result: StageResult
+    per_seed: list
+
+
+def _run_context(bench: Benchmark, settings: RunSettings, model: Any, model_kwargs: Mapping, n_steps: int) -> RunContext:
+    latent = getattr(model, "latent_size", None)
+    latent = latent() if callable(latent) else getattr(bench, "latent_size", lambda m: None)(model)
+    names = getattr(model, "shared_layer_names", None)
+    return RunContext(num_tasks=len(bench.task_names), learning_rate=settings.learning_rate, steps_per_epoch=n_steps,
+                      latent_size=latent, model_kwargs=dict(model_kwargs),
+                      shared_layer_names=tuple(names()) if callable(names) else ())
+
+
+def _per_seed_history(history: History, name: str, num_seeds: int) -> np.ndarray:
+    """``history.metric(name)`` as (S, steps, ...)."""
+    values = np.asarray(history.metric(name))
+    if values.size == 0:
+        return np.zeros((num_seeds, 0))
+    return values[None] if num_seeds == 1 else np.swapaxes(values, 0, 1)
+
+
+def evaluate_run(bench: Benchmark, settings: RunSettings, workdir: str) -> _Evaluated:
+    """Evaluates the newest intact checkpoint of the engine run in ``workdir`` with the method, model and
+    seeds its own ``config.json`` records (:func:`orthojax.training.evaluate_checkpoint`); trains nothing
+    and writes nothing.
+
+    Raises:
+      CheckpointsMissingError: the run never started or holds no checkpoint.
+      CheckpointError: its checkpoints are damaged.
+    """
+    saved = read_config(workdir)
+    if saved is None:
+        raise CheckpointsMissingError(f"{workdir}: the run never started (no config.json); nothing to evaluate")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
+    model_kwargs = dict(saved.get("model_kwargs") or {})
+    model = bench.build_model(model_kwargs)
+    n_steps = steps_per_epoch(len(next(iter(bench.train.values()))), settings.batch_size)
+    context = _run_context(bench, settings, model, model_kwargs, n_steps)
+    method = build_method(saved["method"], context, **dict(saved.get("method_kwargs") or {}))
+    sample = {k: v[: min(2, len(v))] for k, v in bench.train.items()}
+    evaluation = evaluate_checkpoint(
+        config, workdir, model=model, method=method, optimizer=_optimizer(settings, n_steps), sample_batch=sample,
+        eval_batches=_eval_batches(bench, settings), eval_metrics=bench.eval_metrics, steps_per_epoch=n_steps)
+    seeds = [int(s) for s in saved.get("seeds") or range(config.seed, config.seed + config.num_seeds)]
+    metrics = evaluation.metrics
+    evaluations = ([dict(metrics)] if len(seeds) == 1 else
+                   [{k: v[i] for k, v in metrics.items()} for i in range(len(seeds))])
+    history = History.from_metrics(workdir, up_to=evaluation.step)
+    status = "completed" if evaluation.step >= config.total_steps(n_steps) else "incomplete"
+    cosines = _per_seed_history(history, "cosine", len(seeds))
+    losses = _per_seed_history(history, "loss", len(seeds))
+    skipped = history.skipped_steps(len(seeds))
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        pairs = cosines[i][np.all(np.isfinite(cosines[i]), axis=tuple(range(1, cosines[i].ndim)))] \
+            if cosines[i].size else cosines[i]
+        flat = pairwise_cosines(pairs)[0] if pairs.size and pairs.ndim == 3 else np.zeros((0,))
+        stats = phi_stats(flat) if flat.size else None
+        per_seed.append({
+            "seed": seed, "metrics": bench.table_metrics(evaluations[i]), "eval": evaluations[i],
+            "sigma": float(np.mean(stats.sigma)) if stats is not None else None,
+            "mu": float(np.mean(stats.mu)) if stats is not None else None, "cosines": flat.tolist(),
+            "loss": losses[i].tolist(), "status": status, "nonfinite_steps": int(skipped[i]),
+            "steps": int(evaluation.step)})
+    result = StageResult(workdir=workdir, evaluations=tuple(evaluations), status=status,
+                         metric=lambda name: _per_seed_history(history, name, len(seeds)))
+    return _Evaluated(result, per_seed)
+
+
+class _CheckpointStages:
+    """The :class:`~orthojax.methods.protocol.Stages` of a row whose stages are evaluated from their
+    checkpoints: a multi-stage protocol runs unchanged and says which stages make the row."""
+
+    def __init__(self, bench: Benchmark, settings: RunSettings, row: Row, base: str, num_seeds: int):
+        self.bench, self.settings, self.row, self.base = bench, settings, row, base
+        self.num_tasks = len(bench.task_names)
+        self.num_seeds = num_seeds
+        self.evaluated: dict[str, _Evaluated] = {}
+
+    def shared_layer_names(self, model_kwargs: Mapping[str, Any] = types.MappingProxyType({})) -> tuple:
+        return tuple(self.bench.build_model({**dict(self.row.model_kwargs), **dict(model_kwargs)}).shared_layer_names())
+
+    def train(self, stage: str, method: str, hyperparameters: Mapping[str, Any], *,
+              model_kwargs: Mapping[str, Any] = types.MappingProxyType({}), epochs: Optional[int] = None) -> StageResult:
+        self.evaluated[stage] = evaluate_run(self.bench, self.settings, os.path.join(self.base, stage))
+        return self.evaluated[stage].result
+
+    def write_json(self, name: str, obj: Any) -> str:
+        return os.path.join(self.base, name)  # evaluation writes nothing in the runs' directories
+
+
+def _not_evaluated(seeds: Sequence[int], error: BaseException) -> list:
+    return [{"seed": s, "metrics": {}, "eval": None, "sigma": None, "mu": None, "cosines": [], "loss": [],
+             "status": "not evaluated", "error": f"{type(error).__name__}: {error}", "nonfinite_steps": None,
+             "steps": None} for s in seeds]
+
+
+def _evaluate_row(bench: Benchmark, settings: RunSettings, row: Row, workdir: str) -> dict:
+    per_seed: list = []
+    groups = [list(settings.seeds)] if settings.vmap_seeds else [[s] for s in settings.seeds]
+    for seeds in groups:
+        base = os.path.join(workdir, row.key, f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}")
+        spec = method_spec(row.method)
+        try:
+            if spec.protocol is None:
+                per_seed.extend(evaluate_run(bench, settings, base).per_seed)
+                continue
+            stages = _CheckpointStages(bench, settings, row, base, len(seeds))
+            outcome = spec.protocol.run(stages, dict(row.method_kwargs))
+            if outcome.stage is not None:
+                rows = [dict(r) for r in stages.evaluated[outcome.stage].per_seed]
+            else:
+                rows = []
+                for i, seed in enumerate(seeds):
+                    metrics: dict = {}
+                    for t, stage in enumerate(outcome.task_stages):
+                        metrics.update(bench.single_task_metrics(t, stages.evaluated[stage].result.evaluations[i]))
+                    if bench.combine_single_task is not None and metrics:
+                        metrics = bench.combine_single_task(metrics)
+                    done = all(stages.evaluated[s].result.status == "completed" for s in outcome.task_stages)
+                    rows.append({"seed": seed, "metrics": metrics, "eval": None, "sigma": None, "mu": None,
+                                 "cosines": [], "loss": [], "status": "completed" if done else "incomplete",
+                                 "nonfinite_steps": 0, "steps": None})
+            for name, values in outcome.extra.items():
+                for r, value in zip(rows, values):
+                    r[name] = value
+            per_seed.extend(rows)
+        except (WorkdirError, KeyError, ValueError, TypeError) as error:
+            print(f"row {row.key!r}, seeds {seeds}: not evaluated: {error}", file=sys.stderr)
+            per_seed.extend(_not_evaluated(seeds, error))
+    return {"row": row.key, "label": row.label, "method": row.method, "method_kwargs": dict(row.method_kwargs),
+            "model_kwargs": dict(row.model_kwargs), "per_seed": per_seed}
+
+
+def evaluate_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], workdir: str) -> list:
+    """``--eval-only``: every row's runs evaluated from their newest intact checkpoints (finished or
+    interrupted), nothing trained; returns row results as :func:`experiments.runner.run_table` does.
+
+    A multi-stage method's protocol runs as in training, each stage evaluated instead of trained, and says
+    which stages make the row. A run that never started (or has no checkpoint) leaves its seeds "not
+    evaluated", with the reason, in the results.
+    """
+    return [_evaluate_row(bench, settings, row, workdir) for row in rows]
