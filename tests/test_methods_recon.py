@@ -8,12 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orthojax.methods import (
-    MultiTaskProblem,
+from orthojax.methods import MultiTaskProblem, cosreg, equal
+from orthojax.methods.recon import (
     conflict_counts,
     conflict_scores,
-    cosreg,
-    equal,
     layer_cosines,
     layer_short_name,
     load_scores_json,
@@ -88,12 +86,12 @@ def test_layer_cosines_errors():
         layer_cosines(problem, params, None, None, ("heads/t0",))
 
 
-@pytest.mark.parametrize("base", [None, "cosreg", cosreg(alpha=0.5)])
+@pytest.mark.parametrize("base", ["equal", "cosreg", cosreg(alpha=0.5)])
 def test_recon_trains_like_its_base_and_reports_layer_cosines(base):
     problem, params = _problem()
     layers = ("encoder/conv1", "encoder/conv2")
-    method = recon(layers=layers, base=base)
-    reference = equal() if base is None else cosreg() if base == "cosreg" else base
+    method = recon(layers=layers, stage1_base=base)
+    reference = equal() if base == "equal" else cosreg() if base == "cosreg" else base
     state = method.init(params, 3)
     out = jax.jit(lambda p, s: method.step(problem, p, s, None, None))(params, state)
     ref = reference.step(problem, params, reference.init(params, 3), None, None)

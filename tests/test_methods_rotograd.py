@@ -12,15 +12,8 @@ import pytest
 import scipy.linalg
 from jax.scipy.linalg import expm
 
-from orthojax.methods import (
-    MultiTaskProblem,
-    get_method,
-    rotate_only,
-    rotate_representations,
-    rotation_matrices,
-    rotograd,
-    rotograd_norm,
-)
+from orthojax.methods import MultiTaskProblem, get_method, rotate_only, rotograd, rotograd_norm
+from orthojax.methods.rotograd import rotate_representations, rotation_matrices
 from test_methods_common import make_toy
 
 M = 3  # rotate the first 3 of the toy's 4 channels: the pass-through path is exercised too
