@@ -257,3 +257,21 @@ def logged_train_steps(workdir: str) -> list:
 
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     return [r["step"] for r in records if r["kind"] == "train"]
+
+
+def evaluate(workdir: str, *, train: dict, test: dict, use_bn: bool = True, dropout: float = 0.0,
+             method: str = "cosreg", method_kwargs: Optional[dict] = None, eval_batch_size: int = 7,
+             lr: float = 1e-2, **kwargs: Any):
+    """:func:`orthojax.training.evaluate_checkpoint` of a workdir written by :func:`run` (same problem)."""
+    from orthojax.training import evaluate_checkpoint
+
+    if method_kwargs is None:
+        method_kwargs = {"alpha": 1.0} if method == "cosreg" else {}
+    config = {k: kwargs.pop(k) for k in ("num_seeds", "seed") if k in kwargs}
+    return evaluate_checkpoint(
+        TrainConfig(**config), workdir, model=TinyMTL(use_bn=use_bn, dropout=dropout),
+        method=get_method(method, **method_kwargs), optimizer=optax.adam(lr),
+        sample_batch={k: v[:2] for k, v in train.items()},
+        eval_batches=lambda: iterate_batches(test, eval_batch_size, 0, 0, drop_last=False, shuffle=False),
+        eval_metrics=accuracy_metrics(), **kwargs,
+    )

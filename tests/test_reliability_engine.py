@@ -134,6 +134,19 @@ def test_workdir_whose_checkpoints_were_removed_is_refused(tmp_path):
     assert workdir_snapshot(workdir) == before
 
 
+def test_resume_whose_metrics_lack_steps_is_refused_before_anything_is_rewritten(tmp_path):
+    workdir = str(tmp_path / "run")
+    run(workdir, max_steps=4, checkpoint_every=2, **COMMON)
+    path = os.path.join(workdir, "metrics.jsonl")
+    lines = [line for line in open(path) if '"kind": "train", "step": 2,' not in line]
+    with open(path, "w") as f:
+        f.writelines(lines)
+    before = workdir_snapshot(workdir)
+    with pytest.raises(training.HistoryMissingError, match=r"metrics.jsonl lacks 1 of the train steps 1..4 .*\[2\]"):
+        run(workdir, resume=True, max_steps=6, checkpoint_every=2, **COMMON)
+    assert workdir_snapshot(workdir) == before
+
+
 def test_run_stopped_before_its_first_checkpoint_restarts_from_zero_on_resume(tmp_path, capsys):
     workdir = str(tmp_path / "run")
 
