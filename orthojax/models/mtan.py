@@ -115,7 +115,7 @@ def mtan_shared_layer_names(use_batchnorm: bool = True) -> tuple[str, ...]:
       use_batchnorm: whether the model has BatchNorm layers.
 
     Returns:
-      A tuple of paths (68 with BatchNorm, 36 without).
+      A tuple of paths (72 with BatchNorm, 36 without).
     """
     names: list[str] = []
 
