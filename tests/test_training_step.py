@@ -191,3 +191,44 @@ def test_cosine_every_skips_the_diagnostic_jacobian_between_multiples():
                                  last_shared=LAST_SHARED, cosine_every=0)
     with pytest.raises(ValueError, match="cosine_every"):
         training.TrainConfig(cosine_every=0)
+
+
+def _output_sums(num_tasks=2, classes=None):
+    """An accumulator of the summed model outputs per task: (T, C)."""
+    from _training_common import NUM_CLASSES
+
+    return training.EvalMetrics(
+        init=lambda: jnp.zeros((num_tasks, classes or NUM_CLASSES)),
+        update=lambda acc, outputs, batch: acc + jnp.stack([o.sum(0) for o in outputs]),
+        finalize=lambda acc: {"sums": np.asarray(acc)},
+    )
+
+
+def test_eval_step_evaluates_as_the_method_says_also_vmapped_over_seeds():
+    """RotoGrad's heads decode the rotated representations: the eval step takes that from the method, per
+    seed when vmapped (each seed its own rotations), and the plain forward pass without a method."""
+    from orthojax.methods.rotograd import rotate_representations
+
+    model, data = TinyMTL(), make_data(6)
+    method = get_method("rotograd", latent_size=2)
+    metrics = _output_sums()
+    keys = training.run_keys(0, 2)
+    init = lambda key: training.init_train_state(key, model, method, optax.sgd(0.1), data["image"][:2])
+    states = jax.jit(training.vmap_init(init, 2))(keys)
+    # different rotations per seed (different method states), so that a mix-up would show
+    states = states.replace(method_state=states.method_state._replace(
+        base=states.method_state.base.at[1].set(jnp.flip(states.method_state.base[1], -1))))
+    batch = {k: jnp.asarray(v) for k, v in data.items()}
+
+    vmapped = jax.jit(training.vmap_eval_step(training.make_eval_step(model, metrics, method=method), 2))
+    sums = vmapped(states, jnp.stack([metrics.init()] * 2), batch)
+    plain = jax.jit(training.make_eval_step(model, metrics))
+    for s in range(2):
+        state = jax.tree.map(lambda x, s=s: x[s], states)
+        variables = {"params": state.params}
+        zs, extras = model.apply(variables, batch["image"], train=False, method="encode")
+        rotated = rotate_representations(state.method_state, zs)
+        expected = np.stack([o.sum(0) for o in model.apply(variables, rotated, extras, train=False, method="decode")])
+        np.testing.assert_allclose(sums[s], expected, rtol=1e-5, atol=1e-5)
+        unrotated = plain(state, metrics.init(), batch)
+        assert not np.allclose(unrotated, expected, atol=1e-3)  # the rotation matters on this model
