@@ -6,6 +6,7 @@ the same problem as the orthojax aggregator it is compared with:
 * MGDA: Frank-Wolfe with epsilon=1e-12, max_iters=100000 (its default epsilon=1e-3 stops early);
 * PCGrad: ``torch.randperm`` replaced by the identity permutation, i.e. orthojax's ``random_order=False``;
 * CAGrad: c=0.4, compared with orthojax's ``rescale=0`` (TorchJD does not rescale).
+Needs torchjd[quadprog_projector] (quadprog, qpsolvers) for UPGrad and DualProj.
 Run: python tests/golden/make_gramian_aggregators.py (writes gramian_aggregators.json beside it).
 """
 
