@@ -1,4 +1,4 @@
-"""``train_and_evaluate``: the training loop the experiments call, and ``evaluate_checkpoint``.
+"""``train_and_evaluate``: the training loop the experiments call.
 
 One flat loop over steps. After each step, small pure functions of the step count
 (:mod:`orthojax.training.schedule`) say whether it is time to move the step metrics to the logs, to
@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -38,20 +37,20 @@ from tqdm.auto import tqdm
 
 from orthojax.methods.base import Method
 from orthojax.select import Selector
-from orthojax.training.checkpoint import (
-    Checkpointer, abstract_like, check_position, checkpoint_steps, position_record,
-)
+from orthojax.training.checkpoint import Checkpointer, abstract_like, position_record
 from orthojax.training.config import RESUMABLE_CHANGES, TrainConfig, TrainResult, config_record
-from orthojax.training.errors import CheckpointsMissingError, HistoryMissingError
-from orthojax.training.evaluate import EvalMetrics, make_eval_step
+from orthojax.training.evaluate import EvalMetrics
 from orthojax.training.guard import NonFiniteError, check_streak, halt_at_limit
 from orthojax.training.history import History, epoch_means
 from orthojax.training.logging import MetricWriter, epoch_summary, scan_metrics, to_jsonable, write_config
+from orthojax.training.restore import (
+    Evaluation, StateParts, evaluate_checkpoint, initial_state, make_evaluate, restore_run, state_layout, state_step,
+)
 from orthojax.training.schedule import is_epoch_end, is_time, should_evaluate
-from orthojax.training.seeds import run_keys, vmap_eval_step, vmap_init, vmap_train_step
-from orthojax.training.sharding import compile_train_step, make_mesh, replicated, run_once, shard_batch
+from orthojax.training.seeds import vmap_train_step
+from orthojax.training.sharding import compile_train_step, make_mesh, shard_batch
 from orthojax.training.signals import StopRequest, stop_requested
-from orthojax.training.state import TrainState, init_train_state
+from orthojax.training.state import TrainState
 from orthojax.training.step import make_train_step
 from orthojax.training.workdir import WorkdirLock, check_workdir
 
@@ -63,85 +62,7 @@ __all__ = [
 ]
 
 
-class Evaluation(NamedTuple):
-    """What :func:`evaluate_checkpoint` returns: the checkpoint's step and the finalized metrics (one
-    dict of per-seed lists for a vmapped run)."""
-
-    step: int
-    metrics: dict
-
-
 # ----------------------------------------------------------------------------- building blocks
-class _Model(NamedTuple):
-    """The pieces that define the train state's shapes and its initialisation."""
-
-    model: nn.Module
-    method: Method
-    optimizer: optax.GradientTransformation
-    sample_batch: Batch
-    input_key: str
-
-
-def _abstract_state(config: TrainConfig, parts: _Model, mesh: Mesh) -> tuple[Callable, jax.Array, Any, Any]:
-    """``(init, keys, abstract state, state sharding)``: ``init(keys)`` builds the (vmapped) state;
-    shapes come from ``jax.eval_shape``, the state is replicated over ``mesh``."""
-    init = vmap_init(lambda key: init_train_state(key, parts.model, parts.method, parts.optimizer,
-                                                  parts.sample_batch[parts.input_key]), config.num_seeds)
-    keys = run_keys(config.seed, config.num_seeds)
-    abstract = jax.eval_shape(init, keys)
-    return init, keys, abstract, jax.tree.map(lambda _: replicated(mesh), abstract)
-
-
-def _make_evaluate(parts: _Model, eval_metrics: EvalMetrics, num_seeds: int, mesh: Mesh,
-                   eval_batches: Callable[[], Iterator[Batch]]) -> Callable[[TrainState], dict]:
-    """``evaluate(state) -> dict``: the finalized metrics over ``eval_batches()`` (per-seed lists for
-    S > 1 seeds), computed by one compiled, vmapped evaluation step."""
-    eval_step = jax.jit(
-        vmap_eval_step(make_eval_step(parts.model, eval_metrics, input_key=parts.input_key), num_seeds),
-        out_shardings=replicated(mesh), donate_argnums=1,
-    )
-
-    def evaluate(state: TrainState) -> dict:
-        acc = eval_metrics.init()
-        if num_seeds > 1:
-            acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds, *jnp.shape(x))), acc)
-        # host copies: an accumulator may hold one array under several names, and the eval step donates it
-        acc = jax.device_put(jax.tree.map(np.array, acc), replicated(mesh))
-        for batch in eval_batches():
-            acc = eval_step(state, acc, shard_batch(batch, mesh, allow_replicate=True))
-        acc = jax.device_get(acc)
-        if num_seeds == 1:
-            return to_jsonable(eval_metrics.finalize(acc))
-        results = [eval_metrics.finalize(jax.tree.map(lambda x, i=i: x[i], acc)) for i in range(num_seeds)]
-        return to_jsonable({k: [r[k] for r in results] for k in results[0]})
-
-    return evaluate
-
-
-def _state_step(state: TrainState) -> int:
-    """The state's step count (the first seed's when vmapped: all seeds step together)."""
-    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-
-
-def _with_initial_variables(state: TrainState, fn: Callable[[dict], dict], optimizer, num_seeds: int) -> TrainState:
-    """Applies ``fn`` to each seed's initial variables and re-initialises the optimiser state."""
-    host = jax.device_get((state.params, state.batch_stats))
-
-    def one(params, stats):
-        variables = fn({"params": params, "batch_stats": stats})
-        return variables["params"], variables.get("batch_stats", stats)
-
-    if num_seeds == 1:
-        params, stats = one(*host)
-        opt_state = optimizer.init(params)
-    else:
-        outs = [one(*jax.tree.map(lambda x, i=i: x[i], host)) for i in range(num_seeds)]
-        params = jax.tree.map(lambda *xs: np.stack(xs), *[o[0] for o in outs])
-        stats = jax.tree.map(lambda *xs: np.stack(xs), *[o[1] for o in outs])
-        opt_state = jax.vmap(optimizer.init)(params)
-    return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
-
-
 def _step_batches(train_batches: Callable[[int, int], Iterator[Batch]], start: int, total: int,
                   steps_per_epoch: int) -> Iterator[tuple[int, int, Batch]]:
     """``(step, epoch, batch)`` for steps ``start + 1 .. total`` (steps completed once the batch is
@@ -268,7 +189,7 @@ def _end_epoch(run: _Run, state: TrainState, history: History, epoch: int, step:
 def _save(run: _Run, state: TrainState) -> int:
     """Checkpoints the state with its data position (after syncing ``metrics.jsonl`` to disk, which holds
     the history up to it); returns the step."""
-    step = _state_step(state)
+    step = state_step(state)
     run.writer.flush(sync=True)
     run.checkpointer.save(step, state, position_record(step, run.steps_per_epoch))
     return step
@@ -286,7 +207,7 @@ def _interrupt(run: _Run, state: TrainState, history: History, signum: int) -> T
     """Ends the run after a signal: a checkpoint, the "interrupted" status and a message."""
     result = _finish(run, state, history, "interrupted")
     if run.primary:
-        tqdm.write(f"signal {signum}: checkpoint saved at step {_state_step(state)}; resume with --resume")
+        tqdm.write(f"signal {signum}: checkpoint saved at step {state_step(state)}; resume with --resume")
     return result
 
 
@@ -302,7 +223,7 @@ def _train(run: _Run, state: TrainState, history: History, train_batches: Callab
     try:
         if stop.signum is not None:  # received while the run was being set up
             return _interrupt(run, state, history, stop.signum)
-        for step, epoch, batch in _step_batches(train_batches, _state_step(state), run.total_steps, spe):
+        for step, epoch, batch in _step_batches(train_batches, state_step(state), run.total_steps, spe):
             global_batch = shard_batch(batch, run.mesh)
             state, metrics = run.train_step(state, global_batch)
             pending.append((step, epoch, metrics))
@@ -325,52 +246,6 @@ def _train(run: _Run, state: TrainState, history: History, train_batches: Callab
 
 
 # ----------------------------------------------------------------------------- set-up
-def _restore(checkpointer: Checkpointer, abstract: Any, config: TrainConfig, workdir: str, steps_per_epoch: int,
-             primary: bool) -> tuple[TrainState, History]:
-    """The newest intact checkpoint's state (its data position verified; damaged newer ones moved
-    aside) and the history rebuilt from ``metrics.jsonl`` up to its step.
-
-    Raises:
-      CheckpointError / ConfigChangedError: see :func:`orthojax.training.checkpoint.check_position`.
-      NonFiniteError: the run had stopped at the non-finite limit (resuming would stop again).
-      HistoryMissingError: ``metrics.jsonl`` lacks some of the steps up to the checkpoint.
-    """
-    restored = checkpointer.restore_latest(abstract)
-    if restored.skipped:
-        moved = checkpointer.quarantine([s for s, _ in restored.skipped])
-        if primary:
-            print(f"{workdir}: resuming from checkpoint {restored.step}; the damaged newer checkpoint(s) moved to "
-                  f"{', '.join(moved)}", file=sys.stderr, flush=True)
-    state, step = restored.state, restored.step
-    check_position(restored.position, step=step, state_step=_state_step(state), steps_per_epoch=steps_per_epoch,
-                   where=checkpointer.step_directory(step))
-    streak = int(np.max(jax.device_get(state.nonfinite_streak)))
-    if config.max_nonfinite and streak >= config.max_nonfinite:
-        raise NonFiniteError(
-            f"{workdir}: the run stopped at step {step} after {streak} consecutive non-finite steps (limit "
-            f"max_nonfinite={config.max_nonfinite}); resuming it would stop again. Lower the learning rate or "
-            f"check the inputs, in a new workdir.", step=step)
-    history = History.from_metrics(workdir, up_to=step)
-    logged = [r["step"] for r in history.train]
-    if logged != list(range(1, step + 1)):
-        missing = sorted(set(range(1, step + 1)) - set(logged))
-        raise HistoryMissingError(
-            f"{os.path.join(workdir, 'metrics.jsonl')} lacks {len(missing)} of the train steps 1..{step} that "
-            f"checkpoint {step} continues (first missing: {missing[:5]}), so the run's history cannot be rebuilt; "
-            f"restore the file, or start over in a new workdir")
-    history.status = "running"
-    return state, history
-
-
-def _initial_state(init: Callable, keys: jax.Array, sharding: Any, init_variables: Optional[Callable],
-                   optimizer, num_seeds: int) -> TrainState:
-    """A fresh run's state, replicated; ``init_variables`` applied to each seed's variables."""
-    state = run_once(init, sharding, keys)
-    if init_variables is None:
-        return state
-    return jax.device_put(_with_initial_variables(state, init_variables, optimizer, num_seeds), sharding)
-
-
 def _open_writer(config: TrainConfig, workdir: str, primary: bool, latest: Optional[int], restart: bool,
                  run_config: Optional[Mapping[str, Any]]) -> MetricWriter:
     """Writes ``config.json`` and opens ``metrics.jsonl`` truncated to the restored step (to step 0 when
@@ -384,6 +259,12 @@ def _open_writer(config: TrainConfig, workdir: str, primary: bool, latest: Optio
         print(f"{workdir}: no checkpoint yet (the earlier run stopped before its first one): starting again from "
               f"step 0", file=sys.stderr, flush=True)
     return writer
+
+
+def _train_step(config: TrainConfig, train_step: Callable) -> Callable:
+    """One seed's ``train_step`` vmapped over ``config.num_seeds`` and halted at the non-finite limit."""
+    train_step = vmap_train_step(train_step, config.num_seeds)
+    return halt_at_limit(train_step, config.max_nonfinite) if config.max_nonfinite else train_step
 
 
 def _check_arguments(steps_per_epoch: int, eval_batches: Any, eval_metrics: Any) -> None:
@@ -469,34 +350,32 @@ def train_and_evaluate(
                                may_change=may_change, check_lock=False)
         restart = config.resume and latest is None and scan_metrics(workdir)["train_steps"] > 0
         mesh = make_mesh() if mesh is None else mesh
-        parts = _Model(model, method, optimizer, sample_batch, input_key)
-        init, keys, abstract, sharding = _abstract_state(config, parts, mesh)
+        parts = StateParts(model, method, optimizer, sample_batch, input_key)
+        init, keys, abstract, sharding = state_layout(config, parts, mesh)
         checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                                     async_save=config.async_checkpoint)
         stack.callback(checkpointer.close)
         if latest is not None:  # the newest intact checkpoint may be older than the newest one
-            state, history = _restore(checkpointer, abstract_like(abstract, sharding), config, workdir,
-                                      steps_per_epoch, primary)
-            latest = _state_step(state)
+            state, history = restore_run(checkpointer, abstract_like(abstract, sharding), config, workdir,
+                                         steps_per_epoch, primary)
+            latest = state_step(state)
         else:
-            state = _initial_state(init, keys, sharding, init_variables, optimizer, config.num_seeds)
+            state = initial_state(init, keys, sharding, init_variables, optimizer, config.num_seeds)
             history = History()
         writer = _open_writer(config, workdir, primary, latest, restart, run_config)
         stack.callback(writer.close)
         stack.callback(checkpointer.close)  # first: its last saves log "checkpoint" records to the writer
         checkpointer.on_saved = lambda step: (writer.write({"kind": "checkpoint", "step": step}), writer.flush())
-        train_step = make_train_step(model, task_losses, method, optimizer, last_shared=last_shared, shared=shared,
-                                     input_key=input_key, cosine=config.cosine, cosine_every=config.cosine_every)
-        train_step = vmap_train_step(train_step, config.num_seeds)
-        if config.max_nonfinite:
-            train_step = halt_at_limit(train_step, config.max_nonfinite)
+        train_step = _train_step(config, make_train_step(
+            model, task_losses, method, optimizer, last_shared=last_shared, shared=shared, input_key=input_key,
+            cosine=config.cosine, cosine_every=config.cosine_every))
         total = config.total_steps(steps_per_epoch)
-        bar = stack.enter_context(tqdm(total=total, initial=_state_step(state), dynamic_ncols=True, desc="train",
+        bar = stack.enter_context(tqdm(total=total, initial=state_step(state), dynamic_ncols=True, desc="train",
                                        disable=not (config.progress and primary)))
         run = _Run(
             config, workdir, primary, mesh, steps_per_epoch, total,
             train_step=compile_train_step(train_step, mesh, sharding),
-            evaluate=None if eval_metrics is None else _make_evaluate(parts, eval_metrics, config.num_seeds, mesh,
+            evaluate=None if eval_metrics is None else make_evaluate(parts, eval_metrics, config.num_seeds, mesh,
                                                                       eval_batches),
             writer=writer, checkpointer=checkpointer, bar=bar,
         )
@@ -504,62 +383,3 @@ def train_and_evaluate(
             return _train(run, state, history, train_batches, stop)
 
 
-def evaluate_checkpoint(
-    config: TrainConfig,
-    workdir: str | os.PathLike,
-    *,
-    model: nn.Module,
-    method: Method,
-    optimizer: optax.GradientTransformation,
-    sample_batch: Batch,
-    eval_batches: Callable[[], Iterator[Batch]],
-    eval_metrics: EvalMetrics,
-    input_key: str = "image",
-    mesh: Optional[Mesh] = None,
-    step: Optional[int] = None,
-    steps_per_epoch: Optional[int] = None,
-) -> Evaluation:
-    """Evaluates a run's checkpoint (default: the newest intact one) without training; changes nothing in
-    ``workdir`` (no lock: the run may still be training there).
-
-    The train state's layout comes from the same arguments that :func:`train_and_evaluate` was given
-    (``config.num_seeds``, the model, the method and the optimiser); the evaluation is the one the loop
-    runs at an epoch's end.
-
-    Args:
-      config: the run's loop settings (``num_seeds`` and ``seed`` shape the state).
-      workdir: the run's directory.
-      model, method, optimizer, sample_batch, input_key, mesh: as for :func:`train_and_evaluate`.
-      eval_batches, eval_metrics: the evaluation.
-      step: the checkpoint to evaluate (None: the newest whose files match its manifest; damaged newer
-        ones are reported with a RuntimeWarning and skipped).
-      steps_per_epoch: when given, also checked against the checkpoint's data position.
-
-    Returns:
-      :class:`Evaluation` ``(step, metrics)``.
-
-    Raises:
-      CheckpointsMissingError: ``workdir`` holds no checkpoint.
-      CheckpointError: the checkpoint (or every one) is damaged, of the earlier layout, or its data
-        position disagrees with its state.
-      ConfigChangedError: ``steps_per_epoch`` differs from the checkpoint's.
-    """
-    directory = os.path.join(os.fspath(workdir), "checkpoints")
-    if not checkpoint_steps(directory):
-        raise CheckpointsMissingError(f"{workdir}: no checkpoint in {directory} to evaluate; train the run first")
-    mesh = make_mesh() if mesh is None else mesh
-    parts = _Model(model, method, optimizer, sample_batch, input_key)
-    _, _, abstract, sharding = _abstract_state(config, parts, mesh)
-    checkpointer = Checkpointer(directory, read_only=True)
-    try:
-        if step is None:
-            restored = checkpointer.restore_latest(abstract_like(abstract, sharding))
-            step, state, position = restored.step, restored.state, restored.position
-        else:
-            state, position = checkpointer.restore(abstract_like(abstract, sharding), step)
-    finally:
-        checkpointer.close()
-    check_position(position, step=step, state_step=_state_step(state), steps_per_epoch=steps_per_epoch,
-                   where=checkpointer.step_directory(step))
-    evaluate = _make_evaluate(parts, eval_metrics, config.num_seeds, mesh, eval_batches)
-    return Evaluation(step, evaluate(state))
