@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from orthojax.methods import MultiTaskProblem, get_method, method_names
+from orthojax.methods import MultiTaskProblem, build_method, get_method, method_names, method_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,12 +91,31 @@ METHOD_TABLE = {
     "rotograd": dict(latent_size=4, learning_rate=1e-2, burn_in_period=3),
     "rotograd_norm": dict(latent_size=4, learning_rate=1e-2, burn_in_period=3),
     "recon": dict(layers=RECON_LAYERS),
+    "dwa": dict(period=2),
+    "famo": dict(),
+    "mgda": dict(),
+    "pcgrad": dict(),
+    "imtl_g": dict(),
+    "aligned_mtl": dict(),
+    "upgrad": dict(),
+    "dualproj": dict(),
+    "cagrad": dict(),
 }
+"""Every registered method's test hyper-parameters (extra entries: other settings of a method)."""
+
+_VARIANTS = {"gradnorm_shared": "gradnorm"}
 
 
 def build(entry):
-    name = "gradnorm" if entry == "gradnorm_shared" else entry
-    return get_method(name, **METHOD_TABLE[entry])
+    return build_method(_VARIANTS.get(entry, entry), **METHOD_TABLE[entry])
+
+
+def test_every_registered_method_has_a_test_case():
+    missing = sorted(set(method_names()) - set(METHOD_TABLE))
+    assert not missing, f"registered methods without an entry in METHOD_TABLE: {missing}"
+    for entry, hyperparameters in METHOD_TABLE.items():
+        name = _VARIANTS.get(entry, entry)
+        assert build(entry).hyperparameters == method_spec(name).with_defaults(hyperparameters)
 
 
 def test_registry_holds_the_issue_names():
