@@ -20,3 +20,9 @@ __all__ = [
     "read_sunrgbd_split", "render_scene", "resize_dense", "resize_normals", "scene_layout", "split_pairs",
     "step_rng", "steps_per_epoch", "synthetic_nyuv2", "synthetic_scenes", "synthetic_sunrgbd",
 ]
+from orthojax.data.cityscapes import (CITYSCAPES_7_CLASSES, CITYSCAPES_19_CLASSES, cityscapes_augment,  # noqa: E402
+                                      finalize_cityscapes_metrics, init_cityscapes_metrics, load_cityscapes,
+                                      read_cityscapes_split, synthetic_cityscapes, update_cityscapes_metrics)
+__all__ += ["CITYSCAPES_7_CLASSES", "CITYSCAPES_19_CLASSES", "cityscapes_augment", "finalize_cityscapes_metrics",
+            "init_cityscapes_metrics", "load_cityscapes", "read_cityscapes_split", "synthetic_cityscapes",
+            "update_cityscapes_metrics"]
