@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from orthojax import aggregators
 from orthojax.methods import aggregation, loss_balancing
 from orthojax.methods.base import MultiTaskProblem
 
@@ -58,7 +59,7 @@ def _explicit(problem, params, batch, rng):
 def test_step_combines_shared_jacobian_and_sums_task_specific_gradients(name, x64):
     params, problem, batch = _toy(jnp.float64)
     rng = jax.random.key(1)
-    method = aggregation.gradient_aggregation(name)
+    method = aggregation.AGGREGATORS[name]()
     out = jax.jit(lambda p, b, k: method.step(problem, p, method.init(params, 2), b, k))(params, batch, rng)
     g = _explicit(problem, params, batch, rng)
     w = np.asarray(out.metrics["task_weights"])
@@ -182,11 +183,12 @@ def test_famo_logit_update_and_weights(x64):
 
 def test_factories_validate_and_dispatch():
     for name in AGG_NAMES:
-        assert aggregation.gradient_aggregation(name).name == name
-    with pytest.raises(KeyError):
-        aggregation.gradient_aggregation("nash_mtl")
+        assert aggregation.AGGREGATORS[name]().name == name
+        assert aggregation.gradient_aggregation(getattr(aggregators, name)()).name == name
+    with pytest.raises(TypeError, match="get_method"):
+        aggregation.gradient_aggregation("mgda")
     with pytest.raises(TypeError):
-        aggregation.gradient_aggregation("mgda", c=0.4)
+        aggregation.mgda(c=0.4)
     bad = [
         lambda: aggregation.mgda(num_iters=-1),
         lambda: aggregation.cagrad(c=-1.0),
@@ -219,3 +221,66 @@ def test_cosine_diagnostic_comes_from_the_methods_own_jacobian(name, x64):
             for g in _explicit(problem, params, batch, rng)]
     unit = np.stack([r / np.linalg.norm(r) for r in rows])
     np.testing.assert_allclose(np.asarray(out.metrics["cosine"]), unit @ unit.T, rtol=1e-10, atol=1e-12)
+
+
+def _linear_problem(J):
+    """Task losses L_t = <J_t, w> + L_head,t, so that the shared Jacobian is exactly J; a head per task."""
+    def task_losses(p, batch, rng):
+        return batch @ p["encoder"]["w"] + 0.5 * p["heads"] ** 2, ()
+
+    params = {"encoder": {"w": jnp.zeros((J.shape[1],), J.dtype)}, "heads": jnp.arange(1.0, J.shape[0] + 1.0)}
+    return MultiTaskProblem(task_losses=task_losses, last_shared="encoder", shared="encoder"), params
+
+
+@pytest.mark.parametrize("name", AGG_NAMES)
+def test_method_update_is_the_aggregators_direction(name, x64):
+    J = jnp.asarray(np.random.default_rng(4).normal(size=(3, 5)) * [[1.0], [-2.0], [0.5]])
+    problem, params = _linear_problem(J)
+    method = aggregation.AGGREGATORS[name]()
+    rng = jax.random.key(7)
+    out = jax.jit(lambda p: method.step(problem, p, method.init(p, 3), J, rng))(params)
+    key = jax.random.fold_in(rng, aggregation._AGGREGATOR_KEY_SALT)  # the documented key derivation
+    expected = getattr(aggregators, name)().with_info(J, key=key)
+    np.testing.assert_allclose(np.asarray(out.grads["encoder"]["w"]), np.asarray(expected.direction), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(out.grads["heads"]), np.asarray(params["heads"]), rtol=1e-14)
+    for k, v in expected.info.items():
+        np.testing.assert_allclose(np.asarray(out.metrics[k]), np.asarray(v), rtol=1e-12, err_msg=k)
+    assert out.state == ()
+
+
+def test_method_from_a_users_plain_stateful_aggregator(x64):
+    """A plain function: key from the step, state None at first, then threaded; no diagnostics needed."""
+    seen_keys = []
+
+    def momentum_mean(jacobian, state=None, *, key=None):
+        seen_keys.append(key)
+        m = jax.tree.map(lambda leaf: jnp.mean(leaf, axis=0), jacobian)
+        m = m if state is None else jax.tree.map(lambda s, x: 0.5 * s + x, state, m)
+        return m, m
+
+    J = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4)))
+    problem, params = _linear_problem(J)
+    method = aggregation.gradient_aggregation(momentum_mean, name="momentum_mean")
+    assert method.name == "momentum_mean"
+    state = method.init(params, 2)
+    assert state == ()
+    expected = np.zeros(4)
+    for i in range(3):
+        out = method.step(problem, params, state, J, jax.random.key(i))
+        expected = np.asarray(J).mean(0) + (0.5 * expected if i else 0.0)
+        np.testing.assert_allclose(np.asarray(out.grads["encoder"]["w"]), expected, rtol=1e-14)
+        state = out.state
+    assert all(k is not None for k in seen_keys)
+    assert "task_weights" not in out.metrics
+    with pytest.raises(TypeError, match="name"):
+        aggregation.gradient_aggregation(momentum_mean)
+
+
+def test_method_factories_take_the_aggregators_hyperparameters():
+    import inspect
+
+    for name in AGG_NAMES:
+        method_sig = inspect.signature(aggregation.AGGREGATORS[name])
+        assert method_sig.parameters == inspect.signature(getattr(aggregators, name)).parameters
+    make = aggregation._method_from_aggregator(aggregators.upgrad, name="upgrad_exact")
+    assert make(reg_eps=0.0).name == "upgrad_exact"
