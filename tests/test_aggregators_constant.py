@@ -1,6 +1,5 @@
 """Constant / Sum / Mean against TorchJD 0.18 (golden values, and live when torch is installed)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

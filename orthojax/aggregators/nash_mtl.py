@@ -41,7 +41,6 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from orthojax.aggregators.gramian import combine, gramian
