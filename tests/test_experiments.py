@@ -10,6 +10,7 @@ import pytest
 
 from experiments import multidigit_mnist, nyuv2, sunrgbd
 from experiments.pipeline import compilation_cache_dir
+from orthojax.training import ConfigChangedError
 
 from _data_fixtures import write_mnist_idx, write_mtan, write_sun
 
@@ -40,8 +41,8 @@ def test_multidigit_rows_end_to_end(tmp_path):
 
 def test_multidigit_rotograd_and_recon(tmp_path):
     workdir = str(tmp_path / "md2")
-    multidigit_mnist.main(["--methods", "rotograd,recon", "--recon-k", "1", "--recon-s", "0.0", "--max-steps", "2",
-                           "--workdir", workdir, "--no-progress"])
+    multidigit_mnist.main(["--methods", "rotograd,recon", "--set", "methods.recon.k=1", "--set", "methods.recon.s=0.0",
+                           "--max-steps", "2", "--workdir", workdir, "--no-progress"])
     results = _results(workdir)
     rows = {r["row"]: r for r in results["rows"]}
     assert rows["rotograd"]["columns"]["accuracy"]["mean"] is not None
@@ -57,6 +58,25 @@ def test_multidigit_resume_reuses_finished_runs(tmp_path):
     first = _results(workdir)["rows"][0]["columns"]["accuracy"]["mean"]
     multidigit_mnist.main(args + ["--resume"])
     assert _results(workdir)["rows"][0]["columns"]["accuracy"]["mean"] == first
+
+
+def test_eval_only_evaluates_the_checkpoints_of_a_table_and_a_user_method(tmp_path):
+    """A user's method (by reference) trains like a built-in; --eval-only then re-evaluates the table from its
+    checkpoints and saved config.json, training nothing, to the same numbers."""
+    workdir = str(tmp_path / "md-eval")
+    user = "tests._user_method:my_method"
+    multidigit_mnist.main(["--methods", f"equal,{user}", "--set", f"methods.{user}.first_weight=3", "--max-steps", "2",
+                           "--set", "data.sizes=128,32,64", "--filters", "4", "--workdir", workdir, "--no-progress"])
+    trained = {r["row"]: r for r in _results(workdir)["rows"]}
+    assert trained["tests._user_method.my_method"]["method_kwargs"] == {"first_weight": 3.0}
+    os.remove(os.path.join(workdir, "results.json"))
+    multidigit_mnist.main(["--eval-only", "--workdir", workdir, "--no-progress"])
+    evaluated = {r["row"]: r for r in _results(workdir)["rows"]}
+    for key, row in trained.items():
+        assert evaluated[key]["columns"]["accuracy"]["mean"] == pytest.approx(row["columns"]["accuracy"]["mean"])
+        assert evaluated[key]["sigma"]["mean"] == pytest.approx(row["sigma"]["mean"])
+    with pytest.raises(ConfigChangedError, match="train.lr"):
+        multidigit_mnist.main(["--eval-only", "--workdir", workdir, "--lr", "0.5"])
 
 
 def test_multidigit_sweep_writes_figure_3_points_and_plot(tmp_path):
@@ -166,6 +186,13 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "unknown row 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_default_command_parses_to_the_papers_table():
+    from experiments.cli import parse_command
+
+    command = parse_command(nyuv2.EXPERIMENT, [])
+    assert command.config.rows == nyuv2.TABLE2_ROWS and command.workdir == os.path.join("runs", "nyuv2-quick")
 
 
 def test_compilation_cache_dir_flag_then_environment_then_default(monkeypatch, tmp_path):

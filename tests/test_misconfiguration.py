@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
 from experiments import multidigit_mnist, nyuv2, pipeline
-from experiments.cli import build_parser, parse_rows, resolve_row
+from experiments.cli import parse_command, parse_rows, resolve_row
 from experiments.runner import Row, RunSettings
 from orthojax.methods import get_method, method_names
 from orthojax.methods.registry import close_method_names, resolve_method_name
@@ -57,33 +56,26 @@ def test_unknown_method_names_close_matches_and_all_valid_names(typo, meant):
     assert close_method_names(typo)[0] == meant
 
 
-def _parser(module=multidigit_mnist):
-    rows = module.ROWS
-    defaults = getattr(module, "TABLE1_ROWS", None) or getattr(module, "TABLE2_ROWS")
-    return build_parser("python -m experiments.x", "x", rows, defaults, default_alpha=10.0)
-
-
 def test_methods_flag_resolves_spellings_to_rows():
-    args = _parser().parse_args(["--methods", "Equal,STL,CosReg_BN,IMTL-G,uw", "--recon-base", "CosReg"])
-    assert args.methods == ["equal", "single_task", "cosreg_bn", "imtl_g", "uncertainty"]
-    assert args.recon_base == "cosreg"
-    assert _parser().parse_args([]).methods == list(multidigit_mnist.TABLE1_ROWS)
+    command = parse_command(multidigit_mnist.EXPERIMENT, ["--methods", "Equal,STL,CosReg_BN,IMTL-G,uw",
+                                                          "--set", "methods.recon.base=CosReg"])
+    assert command.config.rows == ("equal", "single_task", "cosreg_bn", "imtl_g", "uncertainty")
+    assert parse_command(multidigit_mnist.EXPERIMENT, []).config.rows == tuple(multidigit_mnist.TABLE1_ROWS)
     assert resolve_row("BatchNorm", tuple(multidigit_mnist.ROWS)) == "batchnorm"
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--methods", "equal,bogus"], "argument --methods: unknown row 'bogus'; valid rows: "),
+    (["--methods", "equal,bogus"], "argument --methods: rows: unknown row 'bogus'; valid rows: "),
     (["--methods", "pcgard,nope"], "unknown rows 'pcgard' (did you mean 'pcgrad'?), 'nope'; valid rows: "),
     (["--methods", "equal,EW"], "row 'equal' is given twice ('equal' and 'EW')"),
     (["--methods", ","], "no rows given"),
-    (["--recon-base", "bogus"], "argument --recon-base: unknown method 'bogus'"),
 ])
 def test_bad_methods_flag_is_a_one_line_argparse_error(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _parser().parse_args(argv)
+        parse_command(multidigit_mnist.EXPERIMENT, argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m experiments.x: error: "), err
+    assert err.count("\n") == 1 and err.startswith("python -m experiments.multidigit_mnist: error: "), err
     assert expected in err
     if "valid rows" in expected:
         assert "dropout" in err and "cosreg_bn" in err and "aligned_mtl" in err
@@ -95,7 +87,7 @@ def test_unknown_row_fails_before_anything_loads_or_trains(experiment, monkeypat
         raise AssertionError("training started")
 
     monkeypatch.setattr(pipeline, "run_table", must_not_run)
-    monkeypatch.setattr(experiment, "setup_runtime", must_not_run)
+    monkeypatch.setattr(pipeline, "setup_runtime", must_not_run)
     with pytest.raises(SystemExit) as exit_info:
         experiment.main(["--methods", "equal,bogus", "--max-steps", "1", "--workdir", str(tmp_path / "w"),
                          "--no-progress"])
@@ -112,13 +104,10 @@ def test_run_benchmark_checks_every_row_before_the_first_trains(monkeypatch, tmp
         pipeline.run_benchmark(None, rows, settings, str(tmp_path / "w"), title="t", columns=(), paper={},
                                data_info={}, protocol={})
     assert not (tmp_path / "w").exists()
-    checked, checked_settings = pipeline.check_rows(
-        [Row("ew", "EW", "EW"), Row("recon", "Recon", "Recon")], dataclasses.replace(settings, recon_base="UW"))
-    assert [r.method for r in checked] == ["equal", "recon"] and checked_settings.recon_base == "uncertainty"
+    checked, _ = pipeline.check_rows([Row("ew", "EW", "EW"), Row("recon", "Recon", "Recon")], settings)
+    assert [r.method for r in checked] == ["equal", "recon"]
     with pytest.raises(ValueError, match="more than once"):
         pipeline.check_rows([Row("equal", "a", "equal"), Row("equal", "b", "EW")], settings)
-    with pytest.raises(KeyError, match="recon_base: unknown method"):
-        pipeline.check_rows([Row("recon", "Recon", "recon")], dataclasses.replace(settings, recon_base="nope"))
 
 
 def test_parse_rows_is_usable_alone():
