@@ -44,6 +44,7 @@ from orthojax.metrics.scores import (NYUV2_HIGHER_IS_BETTER, NYUV2_HIGHER_IS_BET
                                      SEGNET_NYUV2_STL_BY_TASK, delta_m, delta_p, paper_nyuv2_metrics)
 from orthojax.metrics.segmentation import (SegmentationState, confusion_matrix, finalize_segmentation,
                                            init_segmentation, segmentation_scores, update_segmentation)
+from orthojax.metrics.trivial import trivial_evaluation
 
 __all__ = [
     "NORMAL_MASKS", "NORMAL_THRESHOLDS", "NYUV2_HIGHER_IS_BETTER", "NYUV2_HIGHER_IS_BETTER_BY_TASK",
@@ -54,4 +55,5 @@ __all__ = [
     "init_angle_collector", "init_classification", "init_depth", "init_normals", "init_segmentation",
     "normal_angles", "one_minus_abs_cos", "paper_nyuv2_metrics", "segmentation_scores", "update_classification",
     "update_depth", "update_normals", "update_segmentation", "valid_depth_mask", "valid_normal_mask",
+    "trivial_evaluation",
 ]
