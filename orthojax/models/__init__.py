@@ -13,12 +13,24 @@ from orthojax.models.segnet import (
     resize_output,
     segnet_shared_layer_names,
 )
-from orthojax.models.mtan import CITYSCAPES_HEADS, MTAN_LAST_SHARED_LAYER, MTAN_NYUV2_HEADS, MTAN_SHARED, SegNetMTAN, mtan_shared_layer_names
+from orthojax.models.mtan import (
+    CITYSCAPES_HEADS,
+    MTAN_LAST_SHARED_LAYER,
+    MTAN_NYUV2_HEADS,
+    MTAN_SHARED,
+    SegNetMTAN,
+    mtan_shared_layer_names,
+)
 from orthojax.models.unpool import max_pool_with_indices, max_unpool
 from orthojax.models.vgg import convert_state_dict, load_vgg16_weights, read_weights
 
 __all__ = [
-    "CITYSCAPES_HEADS", "MTAN_LAST_SHARED_LAYER", "MTAN_NYUV2_HEADS", "MTAN_SHARED", "SegNetMTAN", "mtan_shared_layer_names",
+    "CITYSCAPES_HEADS",
+    "MTAN_LAST_SHARED_LAYER",
+    "MTAN_NYUV2_HEADS",
+    "MTAN_SHARED",
+    "SegNetMTAN",
+    "mtan_shared_layer_names",
     "CNN_LAST_SHARED_LAYER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
