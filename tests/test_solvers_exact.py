@@ -231,7 +231,7 @@ def test_methods_report_the_solver_residual():
     params = {"encoder": {"w": jnp.zeros((P,), jnp.float32)}}
     J = jnp.asarray(_jacobians(12)[2], jnp.float32)
     for name in aggregation.AGGREGATORS:
-        method = aggregation.gradient_aggregation(name)
+        method = aggregation.AGGREGATORS[name]()
         out = jax.jit(lambda J: method.step(problem, params, (), J, jax.random.key(0)))(J)
         assert out.metrics["grad_norms"].shape == (12,)
         np.testing.assert_allclose(np.asarray(out.metrics["grad_norms"]), np.linalg.norm(np.asarray(J), axis=1),

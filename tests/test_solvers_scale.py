@@ -315,7 +315,7 @@ def _linear_problem():
 @functools.lru_cache(maxsize=None)
 def _method_step(name, kw_items):
     problem, params = _linear_problem()
-    method = aggregation.gradient_aggregation(name, **dict(kw_items))
+    method = aggregation.AGGREGATORS[name](**dict(kw_items))
     if name == "pcgrad":
         method = aggregation.pcgrad(random_order=False)
 
