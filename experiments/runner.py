@@ -194,6 +194,12 @@ def _latent_size(bench: Benchmark, model: Any) -> Optional[int]:
     return None if bench.latent_size is None else int(bench.latent_size(model))
 
 
+def _shared_path(model: Any) -> str:
+    """The subtree of every shared parameter: the model's ``shared_path()``, else "encoder"."""
+    path = getattr(model, "shared_path", None)
+    return str(path()) if callable(path) else "encoder"
+
+
 def _shared_layer_names(model: Any) -> tuple:
     names = getattr(model, "shared_layer_names", None)
     return tuple(names()) if callable(names) else ()
@@ -256,7 +262,8 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         spec.config, workdir, model=model, task_losses=bench.task_losses, method=method,
         optimizer=_optimizer(settings, spec.steps_per_epoch),
         train_batches=_batches(bench, settings, int(seeds[0])), steps_per_epoch=spec.steps_per_epoch,
-        sample_batch=sample, last_shared=model.last_shared_layer(), eval_batches=_eval_batches(bench, settings),
+        sample_batch=sample, last_shared=model.last_shared_layer(), shared=_shared_path(model),
+        eval_batches=_eval_batches(bench, settings),
         eval_metrics=bench.eval_metrics, init_variables=bench.init_variables, run_config=spec.run_config,
         may_change=SETTINGS_MAY_CHANGE,
     )
