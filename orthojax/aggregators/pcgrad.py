@@ -1,9 +1,10 @@
 """PCGrad ("gradient surgery"): each task gradient loses its components that conflict with the others.
 
 d = sum_i g_i^PC (see :func:`pcgrad_solution`). Scale: the *sum* of the projected gradients (w = 1 without
-conflicts), as in the paper's code, LibMTL's ``PCGrad`` and TorchJD's ``PCGrad``. Order: the paper and LibMTL
-visit the other tasks in a random order per task (here from ``key``); TorchJD's ``PCGrad`` uses the fixed
-order 0, ..., T-1 (here ``random_order=False``).
+conflicts), as in the paper's code, LibMTL's ``PCGrad`` and TorchJD's ``PCGrad``. Order: all three visit the
+other tasks in a random order per task from a global RNG (``random.shuffle``, ``torch.randperm``); here the
+order comes from ``key`` (``random_order=True``), or is 0, ..., T-1 (``random_order=False``; TorchJD with an
+identity ``randperm`` gives the same direction, as the golden-value tests check).
 
 References:
   Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020;
