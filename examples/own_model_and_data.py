@@ -8,9 +8,10 @@
 What the engine (:func:`orthojax.training.train_and_evaluate`) needs from you:
 
 * **a model**: a Flax Linen module whose ``__call__(x, train)`` returns a tuple of T outputs. Here a shared
-  MLP trunk ``encoder`` and one linear head per task. ``encode(x, train) -> (zs, extras)`` /
-  ``decode(zs, extras, train) -> outputs`` are optional: methods that act on the shared representation
-  (RotoGrad) need them, and CosReg uses them for its faster split gradient.
+  MLP trunk ``encoder`` and one linear head per task. ``encode(x, train) -> (zs, extras)`` (one
+  representation per task) and ``decode(zs, extras, train) -> outputs`` split it: methods that act on the
+  shared representation (RotoGrad) need them, and CosReg's default ``implementation="auto"`` uses them for
+  its split gradient (a model without them trains CosReg with ``--hp implementation=fast``).
 * **the task-loss contract**: ``task_losses(outputs, batch) -> losses`` of shape (T,), one loss per task.
   The engine turns it into ``fn(params, batch, rng) -> (losses (T,), aux)`` (``orthojax.from_outputs``) and
   every method derives its gradient from that one function.
@@ -21,6 +22,9 @@ What the engine (:func:`orthojax.training.train_and_evaluate`) needs from you:
   in the registry (``method_spec(name).hyperparameters``), so ``--hp alpha=10`` is parsed by the method's
   own type. The :class:`~orthojax.methods.RunContext` fills in what a method takes from the model when
   you leave it unset (RotoGrad's ``latent_size``).
+* **multi-stage methods** (``recon``, ``single_task``: ``method_spec(name).protocol`` is set) train here
+  as one stage (e.g. ``--method single_task --hp task=0``); their protocols over several runs are
+  driven by the experiments' runner.
 * **data**: a dict of NumPy arrays; ``iterate_batches`` orders each epoch by (seed, epoch) only, so a
   resumed run sees the same batches.
 
@@ -77,14 +81,17 @@ class TwoTaskMLP(nn.Module):
         return self.decode(*self.encode(x, train), train)
 
 
+def squared_errors(outputs, batch):          # (T,): each task's squared errors summed over the batch
+    return jnp.stack([jnp.sum((out - batch["y"][:, t]) ** 2) for t, out in enumerate(outputs)])
+
+
 def task_losses(outputs, batch):              # the task-loss contract: (T,) losses
-    return jnp.stack([jnp.mean((out - batch["y"][:, t]) ** 2) for t, out in enumerate(outputs)])
+    return squared_errors(outputs, batch) / batch["y"].shape[0]
 
 
-test_mse = EvalMetrics(                       # exact over the test set: summed squared errors / count
+test_mse = EvalMetrics(                       # exact over the whole test set: (summed errors, count)
     init=lambda: (jnp.zeros(2), jnp.zeros(())),
-    update=lambda acc, outs, batch: (acc[0] + jnp.stack([jnp.sum((o - batch["y"][:, t]) ** 2) for t, o in
-                                                         enumerate(outs)]), acc[1] + batch["y"].shape[0]),
+    update=lambda acc, outputs, batch: (acc[0] + squared_errors(outputs, batch), acc[1] + len(batch["y"])),
     finalize=lambda acc: {"mse": (np.asarray(acc[0]) / float(acc[1])).tolist()},
 )
 
@@ -101,10 +108,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     train, test = make_data(2048, seed=0), make_data(512, seed=1)
-    spec = method_spec(args.method)
-    hps = {k: spec.hyperparameter(k).parse(v) for k, v in (item.split("=", 1) for item in args.hp)}
-    if spec.name == "cosreg":
-        hps.setdefault("alpha", 1.0)
+    try:                                      # each value parsed by the method's own type for it
+        spec = method_spec(args.method)
+        hps = {k: spec.hyperparameter(k).parse(v) for k, _, v in (item.partition("=") for item in args.hp)}
+    except (KeyError, ValueError) as error:
+        parser.error(error.args[0])
     spe = steps_per_epoch(len(train["x"]), args.batch_size)
     context = RunContext(num_tasks=2, learning_rate=1e-2, steps_per_epoch=spe, latent_size=16)
     method = build_method(args.method, context, **hps)
