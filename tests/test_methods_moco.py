@@ -83,11 +83,12 @@ def test_steps_match_numpy_float64(hyper):
         problem, params = _problem()
         params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
         method = moco(**hyper)
+        step = jax.jit(method.step, static_argnums=0)
         state = method.init(params, 3)
         np.testing.assert_allclose(state.weights, np.full(3, 1 / 3))
         W, history = _np_moco(5, lr=lr, **full)
         for k, (L, lam, norms, ynorms, d, head) in enumerate(history):
-            out = method.step(problem, params, state, None, jax.random.key(0))
+            out = step(problem, params, state, None, jax.random.key(0))
             np.testing.assert_allclose(out.task_losses, L, rtol=1e-13)
             np.testing.assert_allclose(out.metrics["task_weights"], lam, rtol=1e-11, atol=1e-14)
             np.testing.assert_allclose(out.metrics["grad_norms"], norms, rtol=1e-12)
@@ -107,7 +108,7 @@ def test_normalized_tracking_has_the_loss_as_norm():
     """Step 1 with beta = 1: y_t = L_t g_t / ||g_t|| exactly, so ||y_t|| = L_t whatever the gradient scale."""
     problem, params = _problem()
     method = moco(beta=1.0)
-    out = method.step(problem, params, method.init(params, 3), None, jax.random.key(0))
+    out = jax.jit(method.step, static_argnums=0)(problem, params, method.init(params, 3), None, jax.random.key(0))
     np.testing.assert_allclose(out.metrics["tracked_norms"], out.task_losses, rtol=1e-5)
 
 
@@ -157,7 +158,7 @@ def test_zero_gradient_task_stays_finite():
     problem = MultiTaskProblem(task_losses, last_shared="encoder", shared="encoder")
     params = {"encoder": {"w": jnp.asarray(W0, jnp.float32)}, "heads": {"a": jnp.asarray(A0, jnp.float32)}}
     method = moco()
-    out = method.step(problem, params, method.init(params, 2), None, jax.random.key(0))
+    out = jax.jit(method.step, static_argnums=0)(problem, params, method.init(params, 2), None, jax.random.key(0))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
     assert float(out.metrics["tracked_norms"][1]) == 0.0
 
