@@ -123,18 +123,17 @@ def test_sigterm_stops_the_whole_command_at_a_checkpoint_then_resume_finishes_it
 
 # ----------------------------------------------------------------------------- items 5, 11: the command line
 @pytest.mark.parametrize("flags, message", [
-    (["--max-steps", "0"], "--max-steps: must be >= 1"),
-    (["--max-steps", "-1"], "--max-steps: must be >= 1"),
-    (["--epochs", "0"], "--epochs: must be >= 1"),
-    (["--batch-size", "0"], "--batch-size: must be >= 1"),
-    (["--lr", "0"], "--lr: must be > 0"),
-    (["--lr", "nan"], "--lr: expected a finite number"),
-    (["--checkpoint-every", "-1"], "--checkpoint-every: must be >= 0"),
+    (["--max-steps", "0"], "--max-steps: train.max_steps must be an integer >= 1"),
+    (["--max-steps", "-1"], "--max-steps: train.max_steps must be an integer >= 1"),
+    (["--epochs", "0"], "--epochs: train.epochs must be an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size: train.batch_size must be an integer >= 1"),
+    (["--lr", "0"], "--lr: train.lr must be a finite number > 0"),
+    (["--lr", "nan"], "expected a finite number; got 'nan'"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every: train.checkpoint_every must be an integer >= 0"),
     (["--seeds", "0,0"], "--seeds"),
-    (["--recon-s", "2"], "--recon-s: must be <= 1"),
     (["--data-dir", "/nonexistent/orthojax"], "does not exist"),
     (["--methods", "equal,bogus"], "unknown row 'bogus'"),
-    (["--sweep-filters", "4,0"], "--sweep-filters: must be >= 1"),
+    (["--sweep-filters", "4,0"], "--sweep-filters: sweep.filters must be a non-empty list of integers >= 1"),
 ])
 def test_bad_command_lines_fail_at_parsing_before_anything_is_written(tmp_path, capsys, flags, message):
     workdir = tmp_path / "wd"
@@ -142,6 +141,14 @@ def test_bad_command_lines_fail_at_parsing_before_anything_is_written(tmp_path, 
         multidigit_mnist.main(["--methods", "equal", "--workdir", str(workdir), "--no-progress", *flags])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_a_bad_method_hyperparameter_is_refused_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "wd"
+    with pytest.raises(ValueError, match=r"threshold S must be a real number in \[-1, 1\]; got 2.0"):
+        multidigit_mnist.main(["--methods", "recon", "--workdir", str(workdir), "--no-progress",
+                               "--set", "methods.recon.s=2"])
     assert not workdir.exists()
 
 
