@@ -12,7 +12,15 @@ Every aggregator factory validates its hyper-parameters eagerly and returns
 
 The built-in ones are :class:`~orthojax.aggregators.base.Aggregator` objects, which also give the step's
 diagnostics: ``aggregate.with_info(J) -> Aggregation(direction, state, info)`` with ``info`` holding
-"task_weights" (T,), "grad_norms" (T,), "gramian" (T, T) and, for the iterative solvers, "solver_residual".
+"grad_norms" (T,), "gramian" (T, T), "task_weights" (T,) for the weightings (d = w @ J: all but GradDrop and
+TrimmedMean) and, for the iterative solvers, "solver_residual"; and, for the stateful ones (GradVac's EMA
+targets, Nash-MTL's last weights), ``aggregate.init(T, dtype)``, the state that ``state=None`` stands for,
+of the same shapes at every step.
+
+The aggregators: the Gramian weightings MGDA, PCGrad, IMTL-G, Aligned-MTL, UPGrad, DualProj, CAGrad,
+ConFIG, Nash-MTL, FairGrad, GradVac, Krum and the fixed ones (:func:`constant`, :func:`sum_aggregator`,
+:func:`mean_aggregator`); and two that act coordinate by coordinate, GradDrop (randomised) and
+TrimmedMean.
 
 Beside them, the Gramian weightings that the aggregators are built from: ``<name>_weights(G, ...) -> (T,)``
 and ``<name>_solution(G, ...) -> Solution(weights, coefficients, residual)`` (G = J J^T, or its scale-safe
@@ -41,8 +49,13 @@ The method then takes the factory's hyper-parameters (the registry reads its sig
 """
 
 from orthojax.aggregators.aligned_mtl import aligned_mtl, aligned_mtl_solution, aligned_mtl_weights
-from orthojax.aggregators.base import Aggregation, Aggregator, gramian_aggregator, num_tasks_of
+from orthojax.aggregators.base import Aggregation, Aggregator, gramian_aggregator, jacobian_info, num_tasks_of
 from orthojax.aggregators.cagrad import cagrad, cagrad_solution, cagrad_weights
+from orthojax.aggregators.config import config, config_weights
+from orthojax.aggregators.constant import constant, mean_aggregator, sum_aggregator
+from orthojax.aggregators.fairgrad import fairgrad, fairgrad_solve, fairgrad_weights
+from orthojax.aggregators.graddrop import graddrop
+from orthojax.aggregators.gradvac import GradVacState, gradvac, gradvac_order, gradvac_weights
 from orthojax.aggregators.gramian import (
     ScaledGramian,
     Solution,
@@ -53,8 +66,11 @@ from orthojax.aggregators.gramian import (
     scaled_gramian,
 )
 from orthojax.aggregators.imtl_g import imtl_g, imtl_g_solution, imtl_g_weights
+from orthojax.aggregators.krum import krum, krum_weights
 from orthojax.aggregators.mgda import mgda, mgda_solution, mgda_weights
+from orthojax.aggregators.nash_mtl import NashMTLState, nash_mtl, nash_mtl_solve, nash_mtl_weights
 from orthojax.aggregators.pcgrad import pcgrad, pcgrad_order, pcgrad_solution, pcgrad_weights
+from orthojax.aggregators.trimmed_mean import trimmed_mean
 from orthojax.aggregators.upgrad import (
     dualproj,
     dualproj_solution,
@@ -67,6 +83,8 @@ from orthojax.aggregators.upgrad import (
 __all__ = [
     "Aggregation",
     "Aggregator",
+    "GradVacState",
+    "NashMTLState",
     "ScaledGramian",
     "Solution",
     "aligned_mtl",
@@ -78,23 +96,42 @@ __all__ = [
     "cagrad_weights",
     "combine",
     "combine_unit",
+    "config",
+    "config_weights",
+    "constant",
     "dualproj",
     "dualproj_solution",
     "dualproj_weights",
+    "fairgrad",
+    "fairgrad_solve",
+    "fairgrad_weights",
+    "graddrop",
+    "gradvac",
+    "gradvac_order",
+    "gradvac_weights",
     "gramian",
     "gramian_aggregator",
     "imtl_g",
     "imtl_g_solution",
     "imtl_g_weights",
+    "jacobian_info",
+    "krum",
+    "krum_weights",
+    "mean_aggregator",
     "mgda",
     "mgda_solution",
     "mgda_weights",
+    "nash_mtl",
+    "nash_mtl_solve",
+    "nash_mtl_weights",
     "num_tasks_of",
     "pcgrad",
     "pcgrad_order",
     "pcgrad_solution",
     "pcgrad_weights",
     "scaled_gramian",
+    "sum_aggregator",
+    "trimmed_mean",
     "upgrad",
     "upgrad_solution",
     "upgrad_weights",

@@ -31,7 +31,7 @@ from orthojax.aggregators.gramian import ScaledGramian, Solution, _gramian_from_
 
 PyTree = Any
 
-__all__ = ["Aggregation", "Aggregator", "gramian_aggregator", "num_tasks_of"]
+__all__ = ["Aggregation", "Aggregator", "gramian_aggregator", "jacobian_info", "num_tasks_of"]
 
 
 class Aggregation(NamedTuple):
@@ -111,6 +111,18 @@ class Aggregator:
         """``(direction, state)``: :meth:`with_info` without the diagnostics."""
         out = self.with_info(jacobian, state, key=key)
         return out.direction, out.state
+
+
+def jacobian_info(jacobian: PyTree, weights: Optional[jax.Array] = None) -> dict:
+    """The diagnostics every built-in aggregator reports: "grad_norms" (T,) ||g_t|| and "gramian" (T, T) J J^T
+    (both scale-safe, from rows pre-scaled by powers of two), plus "task_weights" (T,) when ``weights`` (the w of
+    d = w @ J) is given. Logging only: the aggregators do not read them back."""
+    exponents, scaled = _scaled_parts(jacobian)
+    info = {"grad_norms": _scaled_from_parts(exponents, scaled).norms,
+            "gramian": _gramian_from_parts(exponents, scaled)}
+    if weights is not None:
+        info["task_weights"] = weights
+    return info
 
 
 def gramian_aggregator(

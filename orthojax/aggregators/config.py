@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["config", "config_weights"]
@@ -79,16 +80,17 @@ def config_weights(G: jax.Array, pref: Optional[jax.Array] = None, *, num_params
     return length * a * inv / v_norm_safe
 
 
-def config(pref: Optional[Any] = None):
+def config(pref: Optional[Any] = None) -> Aggregator:
     """ConFIG aggregator (deterministic, stateless).
 
     Args:
       pref: None (all ones, TorchJD's default) or a (T,) sequence of finite preference weights.
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)``: ``jacobian`` a (T, P) array or
-      a pytree of (T, ...) floating-point leaves; ``direction`` with one task's structure and dtype. ``key``
-      is ignored.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, None)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) floating-point leaves;
+      ``direction`` with one task's structure and dtype. ``key`` is ignored. Diagnostics (``with_info``):
+      "task_weights", "grad_norms", "gramian".
 
     Raises:
       TypeError / ValueError: ``pref`` not a finite 1-D numeric sequence (at once); T != len(pref) (when
@@ -106,7 +108,7 @@ def config(pref: Optional[Any] = None):
         if pref_np.ndim != 1 or pref_np.size == 0 or not np.all(np.isfinite(pref_np)):
             raise ValueError(f"config: pref must be a non-empty 1-D sequence of finite numbers; got {pref!r}")
 
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Any = None):
+    def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
         if state is not None:
             raise ValueError(f"config: the aggregator is stateless; pass state=None, got {type(state).__name__}")
@@ -127,6 +129,6 @@ def config(pref: Optional[Any] = None):
         pref_arr = None if pref_np is None else jnp.asarray(pref_np, dtype)
         weights = config_weights(gramian(scaled), pref_arr, num_params=num_params)
         # d = combine(weights, J) = 2^e combine(weights, J / 2^e): the weights are scale free.
-        return combine(weights, jacobian), None
+        return Aggregation(combine(weights, jacobian), None, jacobian_info(jacobian, weights))
 
-    return aggregate
+    return Aggregator(name="config", fn=fn)

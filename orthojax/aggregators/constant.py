@@ -17,55 +17,41 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info, num_tasks_of
 from orthojax.aggregators.gramian import combine
 
-__all__ = ["constant", "mean", "sum_"]
+__all__ = ["constant", "mean_aggregator", "sum_aggregator"]
 
 PyTree = Any
-Aggregate = Callable[..., tuple[PyTree, None]]
 
 
-def _num_tasks(jacobian: PyTree, name: str) -> int:
-    """T, the common leading axis of the Jacobian's leaves (floating point, at least 1-D)."""
-    leaves = jax.tree.leaves(jacobian)
-    if not leaves:
-        raise ValueError(f"{name}: the Jacobian has no leaves")
-    shapes = [jnp.shape(leaf) for leaf in leaves]
-    if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
-        raise ValueError(f"{name}: every Jacobian leaf needs the same leading task axis T; got shapes {shapes}")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(f"{name}: the Jacobian must be floating point; got dtype {jnp.result_type(leaf)}")
-    return shapes[0][0]
-
-
-def _fixed_weights(make_weights: Callable[[int], np.ndarray], name: str) -> Aggregate:
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Any = None) -> tuple[PyTree, None]:
+def _fixed_weights(make_weights: Callable[[int], np.ndarray], name: str) -> Aggregator:
+    def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
         if state is not None:
             raise ValueError(f"{name}: the aggregator is stateless; pass state=None, got {type(state).__name__}")
-        w = make_weights(_num_tasks(jacobian, name))
-        return combine(jnp.asarray(w), jacobian), None
+        num_tasks, dtype = num_tasks_of(jacobian, name)
+        w = jnp.asarray(make_weights(num_tasks), dtype)
+        return Aggregation(combine(w, jacobian), None, jacobian_info(jacobian, w))
 
-    aggregate.__name__ = name
-    return aggregate
+    return Aggregator(name=name, fn=fn)
 
 
-def constant(weights: Any) -> Aggregate:
+def constant(weights: Any) -> Aggregator:
     """Aggregator d = sum_t w_t g_t with fixed, user-given weights (TorchJD's ``Constant``).
 
     Args:
       weights: (T,) finite real weights (a sequence or array; any sign).
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)``: ``jacobian`` is a (T, P) array
-      or a pytree of (T, ...) floating-point leaves; ``direction`` has one task's structure and dtype
-      (the weights are cast to it). ``key`` is ignored. ``aggregate`` raises ValueError when the Jacobian's
-      task axis is not T.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, None)``: ``jacobian`` is a (T, P) array or a pytree of (T, ...) floating-point leaves;
+      ``direction`` has one task's structure and dtype (the weights are cast to it). ``key`` is ignored.
+      ``aggregate`` raises ValueError when the Jacobian's task axis is not T. Diagnostics
+      (``with_info``): "task_weights", "grad_norms", "gramian".
 
     Raises:
       TypeError: ``weights`` is not numeric.
@@ -91,21 +77,22 @@ def constant(weights: Any) -> Aggregate:
     return _fixed_weights(make, "constant")
 
 
-def sum_() -> Aggregate:
+def sum_aggregator() -> Aggregator:
     """Aggregator d = sum_t g_t, the gradient of the total loss (TorchJD's ``Sum``).
 
-    Named with a trailing underscore so as not to shadow Python's ``sum``.
+    Named ``sum_aggregator`` (registry name "sum") so that ``from orthojax.aggregators import *`` cannot
+    shadow Python's ``sum``; :func:`mean_aggregator` is named alike.
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)`` as for :func:`constant`.
+      An :class:`~orthojax.aggregators.Aggregator` as for :func:`constant`, with weights 1.
     """
     return _fixed_weights(lambda num_tasks: np.ones((num_tasks,)), "sum")
 
 
-def mean() -> Aggregate:
-    """Aggregator d = (1/T) sum_t g_t, the gradient of the mean loss (TorchJD's ``Mean``).
+def mean_aggregator() -> Aggregator:
+    """Aggregator d = (1/T) sum_t g_t, the gradient of the mean loss (TorchJD's ``Mean``; registry name "mean").
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)`` as for :func:`constant`.
+      An :class:`~orthojax.aggregators.Aggregator` as for :func:`constant`, with weights 1/T.
     """
     return _fixed_weights(lambda num_tasks: np.full((num_tasks,), 1.0 / num_tasks), "mean")

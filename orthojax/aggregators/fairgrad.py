@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 from orthojax.aggregators.nash_mtl import _balance, _check_solver
 
@@ -76,7 +77,7 @@ def fairgrad_weights(G: jax.Array, alpha: float = 1.0, *, tol: Optional[float] =
     return fairgrad_solve(G, alpha, tol=tol, max_iter=max_iter)[0]
 
 
-def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int = 60):
+def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int = 60) -> Aggregator:
     """FairGrad aggregator (deterministic, stateless).
 
     Args:
@@ -84,9 +85,10 @@ def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int =
       tol, max_iter: Newton solver tolerance and cap (:func:`fairgrad_solve`).
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)``: ``jacobian`` a (T, P) array or
-      a pytree of (T, ...) floating-point leaves; ``direction`` = combine(w, J), one task's structure and
-      dtype. ``key`` is ignored.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, None)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) floating-point leaves;
+      ``direction`` = combine(w, J), one task's structure and dtype. ``key`` is ignored. Diagnostics
+      (``with_info``): "task_weights" w, "grad_norms", "gramian", "solver_residual".
 
     Raises:
       TypeError / ValueError: bad hyper-parameters (at once).
@@ -97,7 +99,7 @@ def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int =
     alpha = _check_alpha(alpha, "fairgrad")
     _check_solver(tol, max_iter, "fairgrad")
 
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Any = None):
+    def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
         if state is not None:
             raise ValueError(f"fairgrad: the aggregator is stateless; pass state=None, got {type(state).__name__}")
@@ -109,15 +111,20 @@ def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int =
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"fairgrad: the Jacobian must be floating point; got dtype {dtype}")
         if alpha == 0:
-            return combine(jnp.full((num_tasks,), 1.0 / num_tasks, dtype), jacobian), None
+            w = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
+            info = dict(jacobian_info(jacobian, w), solver_residual=jnp.zeros((), dtype))
+            return Aggregation(combine(w, jacobian), None, info)
         p = 1.0 / alpha
         maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
         _, e = jnp.frexp(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
         e = e.astype(jnp.int32)
         scaled = jax.tree.map(lambda x: jnp.ldexp(x, -e), jacobian)
-        w_s, _ = _balance(gramian(scaled).astype(dtype), p, tol, max_iter)
+        w_s, residual = _balance(gramian(scaled).astype(dtype), p, tol, max_iter)
         # J = 2^e J_s: w = w_s 2^(-2e/(1+p)), d = combine(w, J) = 2^(e (p-1)/(p+1)) combine(w_s, J_s).
         factor = jnp.exp2(e.astype(dtype) * ((p - 1.0) / (p + 1.0)))
-        return jax.tree.map(lambda x: x * factor.astype(x.dtype), combine(w_s, scaled)), None
+        direction = jax.tree.map(lambda x: x * factor.astype(x.dtype), combine(w_s, scaled))
+        w = w_s * jnp.exp2(e.astype(dtype) * (-2.0 / (1.0 + p)))
+        info = dict(jacobian_info(jacobian, w), solver_residual=residual)
+        return Aggregation(direction, None, info)
 
-    return aggregate
+    return Aggregator(name="fairgrad", fn=fn)

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+
 __all__ = ["graddrop"]
 
 PyTree = Any
@@ -48,7 +50,7 @@ def _direction(matrix: jax.Array, uniform: jax.Array, leak: jax.Array, f: Callab
     return jnp.sum(mask * matrix, axis=0)
 
 
-def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.Array]] = None):
+def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.Array]] = None) -> Aggregator:
     """GradDrop aggregator (randomised: needs ``key``).
 
     Args:
@@ -57,9 +59,11 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
         when None), mapping [0, 1] into [0, 1].
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key) -> (direction, None)``: ``jacobian`` a (T, P) array or a
-      pytree of (T, ...) floating-point leaves; ``key`` a ``jax.random`` key (one uniform draw per
-      parameter coordinate, in the Jacobian's dtype); ``direction`` with one task's structure and dtype.
+      An :class:`~orthojax.aggregators.Aggregator` (``needs_key``), ``aggregate(jacobian, state=None, *, key)
+      -> (direction, None)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) floating-point leaves;
+      ``key`` a ``jax.random`` key (one uniform draw per parameter coordinate, in the Jacobian's dtype);
+      ``direction`` with one task's structure and dtype. Diagnostics (``with_info``): "grad_norms",
+      "gramian" (no task weights: not a weighting).
 
     Raises:
       TypeError: ``f`` is not callable; ``leak`` not numeric.
@@ -71,7 +75,7 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
     """
     if f is not None and not callable(f):
         raise TypeError(f"graddrop: f must be a callable or None; got {f!r}")
-    fn = (lambda p: p) if f is None else f
+    purity_fn = (lambda p: p) if f is None else f
     leak_np = None
     if leak is not None:
         try:
@@ -83,9 +87,7 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
         if not np.all((leak_np >= 0) & (leak_np <= 1)):
             raise ValueError(f"graddrop: every leak must be in [0, 1]; got {leak_np.tolist()}")
 
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Optional[jax.Array] = None):
-        if key is None:
-            raise ValueError("graddrop: GradDrop is randomised; pass key=jax.random.key(...)")
+    def fn(jacobian: PyTree, state: None, key: jax.Array) -> Aggregation:
         if state is not None:
             raise ValueError(f"graddrop: the aggregator is stateless; pass state=None, got {type(state).__name__}")
         leaves, treedef = jax.tree.flatten(jacobian)
@@ -104,8 +106,8 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
         out = []
         for leaf, lo, hi in zip(leaves, offsets[:-1], offsets[1:]):
             m = jnp.reshape(leaf, (num_tasks, -1))
-            d = _direction(m, uniform[lo:hi], lk.astype(leaf.dtype), fn)
+            d = _direction(m, uniform[lo:hi], lk.astype(leaf.dtype), purity_fn)
             out.append(jnp.reshape(d.astype(leaf.dtype), leaf.shape[1:]))
-        return jax.tree.unflatten(treedef, out), None
+        return Aggregation(jax.tree.unflatten(treedef, out), None, jacobian_info(jacobian))
 
-    return aggregate
+    return Aggregator(name="graddrop", fn=fn, needs_key=True)

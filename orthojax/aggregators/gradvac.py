@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["GradVacState", "gradvac", "gradvac_order", "gradvac_weights"]
@@ -124,7 +125,7 @@ def _check_float(value: Any, what: str, low: float, high: float) -> float:
     return float(value)
 
 
-def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True):
+def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True) -> Aggregator:
     """GradVac aggregator (stateful: the EMA targets).
 
     Args:
@@ -134,10 +135,12 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True):
         order, deterministic, no key needed.
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, GradVacState)``: ``jacobian`` a (T, P)
-      array or a pytree of (T, ...) floating-point leaves; ``state=None`` starts from zero targets;
-      ``direction`` = sum of the corrected task gradients (the scale of the *sum*), one task's structure and
-      dtype.
+      An :class:`~orthojax.aggregators.Aggregator` (``needs_key`` when ``shuffle``), ``aggregate(jacobian,
+      state=None, *, key=None) -> (direction, GradVacState)``: ``jacobian`` a (T, P) array or a pytree of
+      (T, ...) floating-point leaves; ``state=None`` starts from zero targets (``aggregate.init(T, dtype)``,
+      the same fixed-shape state a training loop holds from the first step); ``direction`` = sum of the
+      corrected task gradients (the scale of the *sum*), one task's structure and dtype. Diagnostics
+      (``with_info``): "task_weights" (the w of d = w @ J), "grad_norms", "gramian".
 
     Raises:
       TypeError / ValueError: bad hyper-parameters (at once); a missing ``key`` with ``shuffle=True``, or a
@@ -152,19 +155,14 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True):
     if not isinstance(shuffle, bool):
         raise TypeError(f"gradvac: shuffle must be a bool; got {shuffle!r}")
 
-    def aggregate(jacobian: PyTree, state: Optional[GradVacState] = None, *, key: Optional[jax.Array] = None):
-        if shuffle and key is None:
-            raise ValueError("gradvac: with shuffle=True the visiting order is random; pass key=jax.random.key(...)")
+    def init(num_tasks: int, dtype: Any) -> GradVacState:
+        return GradVacState(jnp.zeros((num_tasks, num_tasks), dtype))
+
+    def fn(jacobian: PyTree, state: GradVacState, key: Optional[jax.Array]) -> Aggregation:
         leaves = jax.tree.leaves(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves) or len({x.shape[0] for x in leaves}) != 1:
-            raise ValueError("gradvac: every Jacobian leaf needs the same leading task axis T")
         num_tasks = leaves[0].shape[0]
         dtype = jnp.result_type(*leaves)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"gradvac: the Jacobian must be floating point; got dtype {dtype}")
-        if state is None:
-            state = GradVacState(jnp.zeros((num_tasks, num_tasks), dtype))
-        elif not isinstance(state, GradVacState) or jnp.shape(state.targets) != (num_tasks, num_tasks):
+        if not isinstance(state, GradVacState) or jnp.shape(state.targets) != (num_tasks, num_tasks):
             raise ValueError(f"gradvac: state must be a GradVacState with (T, T) = ({num_tasks}, {num_tasks}) targets")
         maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
         _, e = jnp.frexp(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
@@ -175,6 +173,7 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True):
             G, state.targets, order, beta, jnp.ldexp(jnp.asarray(eps, dtype), -2 * e),
             eps_norm=jnp.ldexp(jnp.asarray(eps, dtype), -e),
         )
-        return combine(weights, jacobian), GradVacState(targets.astype(state.targets.dtype))
+        new_state = GradVacState(targets.astype(state.targets.dtype))
+        return Aggregation(combine(weights, jacobian), new_state, jacobian_info(jacobian, weights))
 
-    return aggregate
+    return Aggregator(name="gradvac", fn=fn, init=init, needs_key=shuffle)

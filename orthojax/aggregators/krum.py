@@ -21,11 +21,12 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["krum", "krum_weights"]
@@ -91,7 +92,7 @@ def _pow2_normalised(jacobian: PyTree) -> PyTree:
     return jax.tree.map(lambda leaf: jnp.ldexp(leaf, -e.astype(jnp.int32)), jacobian)
 
 
-def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Callable[..., tuple[PyTree, None]]:
+def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Aggregator:
     """Krum / Multi-Krum aggregator (TorchJD's ``Krum(n_byzantine, n_selected)``).
 
     Args:
@@ -100,10 +101,11 @@ def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Cal
       squared: score with squared distances (Blanchard et al.) instead of distances (TorchJD, default).
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)``: ``jacobian`` a (T, P) array or
-      a pytree of (T, ...) leaves with T >= max(f + 3, m); ``direction`` the mean of the m selected task
-      gradients, with one task's structure and dtype. ``key`` is ignored. The selection is made on J
-      rescaled by a power of two, so it is the same for any scale of J.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, None)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) leaves with
+      T >= max(f + 3, m); ``direction`` the mean of the m selected task gradients, with one task's structure
+      and dtype. ``key`` is ignored. The selection is made on J rescaled by a power of two, so it is the same
+      for any scale of J. Diagnostics (``with_info``): "task_weights", "grad_norms", "gramian".
 
     Raises:
       TypeError: a hyper-parameter is not an int (``squared`` not a bool).
@@ -117,15 +119,12 @@ def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Cal
     if not isinstance(squared, bool):
         raise TypeError(f"krum: squared must be a bool; got {squared!r}")
 
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Any = None) -> tuple[PyTree, None]:
+    def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
         if state is not None:
             raise ValueError(f"krum: the aggregator is stateless; pass state=None, got {type(state).__name__}")
-        leaves = jax.tree.leaves(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves):
-            raise ValueError("krum: the Jacobian needs leaves with a leading task axis T")
         G = gramian(_pow2_normalised(jacobian))
         w = krum_weights(G, n_byzantine, n_selected, squared=squared)
-        return combine(w, jacobian), None
+        return Aggregation(combine(w, jacobian), None, jacobian_info(jacobian, w))
 
-    return aggregate
+    return Aggregator(name="krum", fn=fn)

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["NashMTLState", "nash_mtl", "nash_mtl_solve", "nash_mtl_weights"]
@@ -147,7 +148,7 @@ def nash_mtl_weights(G: jax.Array, *, tol: Optional[float] = None, max_iter: int
 
 def nash_mtl(
     max_norm: float = 1.0, update_weights_every: int = 1, *, tol: Optional[float] = None, max_iter: int = 60
-):
+) -> Aggregator:
     """Nash-MTL aggregator (stateful: the last weights, reused between updates).
 
     Args:
@@ -157,10 +158,13 @@ def nash_mtl(
       tol, max_iter: Newton solver tolerance and cap (:func:`nash_mtl_solve`).
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, NashMTLState)``: ``jacobian`` a (T, P)
-      array or a pytree of (T, ...) floating-point leaves; ``direction`` = combine(alpha, J), clipped,
-      with one task's structure and dtype; the state carries the weights (after clipping), the solver
-      residual and the step count. ``key`` is ignored.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, NashMTLState)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) floating-point
+      leaves; ``direction`` = combine(alpha, J), clipped, with one task's structure and dtype; the state
+      carries the weights (after clipping), the solver residual and the step count; ``state=None`` stands
+      for ``aggregate.init(T, dtype)`` (weights 1, step 0: the same shapes at every step). ``key`` is
+      ignored. Diagnostics (``with_info``): "task_weights" (alpha after clipping), "grad_norms", "gramian",
+      "solver_residual".
 
     Raises:
       TypeError / ValueError: bad hyper-parameters (at once); a state of the wrong shape (when called).
@@ -174,18 +178,15 @@ def nash_mtl(
         raise ValueError(f"nash_mtl: update_weights_every must be an int >= 1; got {update_weights_every!r}")
     _check_solver(tol, max_iter, "nash_mtl")
 
-    def aggregate(jacobian: PyTree, state: Optional[NashMTLState] = None, *, key: Any = None):
+    def init(num_tasks: int, dtype: Any) -> NashMTLState:
+        return NashMTLState(jnp.ones((num_tasks,), dtype), jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
+
+    def fn(jacobian: PyTree, state: NashMTLState, key: Any) -> Aggregation:
         del key  # deterministic
         leaves = jax.tree.leaves(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves) or len({x.shape[0] for x in leaves}) != 1:
-            raise ValueError("nash_mtl: every Jacobian leaf needs the same leading task axis T")
         num_tasks = leaves[0].shape[0]
         dtype = jnp.result_type(*leaves)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"nash_mtl: the Jacobian must be floating point; got dtype {dtype}")
-        if state is None:
-            state = NashMTLState(jnp.ones((num_tasks,), dtype), jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
-        elif not isinstance(state, NashMTLState) or jnp.shape(state.weights) != (num_tasks,):
+        if not isinstance(state, NashMTLState) or jnp.shape(state.weights) != (num_tasks,):
             raise ValueError(f"nash_mtl: state must be a NashMTLState with ({num_tasks},) weights")
         # alpha(c^2 G) = alpha(G) / c and d = alpha @ J is scale free: solve on J / 2^e (exact).
         maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
@@ -206,6 +207,8 @@ def nash_mtl(
         d = combine(alpha_s, scaled)
         # Weights on the original J: alpha = alpha_s 2^-e.
         alpha = jnp.ldexp(alpha_s, -e)
-        return d, NashMTLState(alpha.astype(dtype), r.astype(dtype), state.step + 1)
+        new_state = NashMTLState(alpha.astype(dtype), r.astype(dtype), state.step + 1)
+        info = dict(jacobian_info(jacobian, new_state.weights), solver_residual=new_state.residual)
+        return Aggregation(d, new_state, info)
 
-    return aggregate
+    return Aggregator(name="nash_mtl", fn=fn, init=init)

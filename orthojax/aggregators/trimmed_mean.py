@@ -16,26 +16,29 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
 
 __all__ = ["trimmed_mean"]
 
 PyTree = Any
 
 
-def trimmed_mean(trim_number: int) -> Callable[..., tuple[PyTree, None]]:
+def trimmed_mean(trim_number: int) -> Aggregator:
     """Trimmed-mean aggregator (TorchJD's ``TrimmedMean(trim_number)``).
 
     Args:
       trim_number: k >= 0, the number of largest and of smallest values dropped in every coordinate.
 
     Returns:
-      ``aggregate(jacobian, state=None, *, key=None) -> (direction, None)``: ``jacobian`` a (T, P) array or
-      a pytree of (T, ...) leaves with T >= 2k + 1; ``direction`` the per-coordinate trimmed mean, with one
-      task's structure and dtype. ``key`` is ignored.
+      An :class:`~orthojax.aggregators.Aggregator`, ``aggregate(jacobian, state=None, *, key=None) ->
+      (direction, None)``: ``jacobian`` a (T, P) array or a pytree of (T, ...) leaves with T >= 2k + 1;
+      ``direction`` the per-coordinate trimmed mean, with one task's structure and dtype. ``key`` is
+      ignored. Diagnostics (``with_info``): "grad_norms", "gramian" (no task weights: not a weighting).
 
     Raises:
       TypeError: ``trim_number`` is not an int.
@@ -61,15 +64,12 @@ def trimmed_mean(trim_number: int) -> Callable[..., tuple[PyTree, None]]:
         kept = jnp.sort(leaf, axis=0)[k : num_tasks - k]
         return jnp.mean(kept, axis=0)
 
-    def aggregate(jacobian: PyTree, state: None = None, *, key: Any = None) -> tuple[PyTree, None]:
+    def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
         if state is not None:
             raise ValueError(
                 f"trimmed_mean: the aggregator is stateless; pass state=None, got {type(state).__name__}"
             )
-        leaves = jax.tree.leaves(jacobian)
-        if not leaves or len({jnp.shape(x)[:1] for x in leaves}) != 1:
-            raise ValueError("trimmed_mean: the Jacobian needs leaves with one common leading task axis T")
-        return jax.tree.map(one, jacobian), None
+        return Aggregation(jax.tree.map(one, jacobian), None, jacobian_info(jacobian))
 
-    return aggregate
+    return Aggregator(name="trimmed_mean", fn=fn)
