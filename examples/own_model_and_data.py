@@ -1,9 +1,9 @@
 """Train your own Flax model on your own data with any registered multi-task method.
 
-    python examples/own_model_and_data.py                           # CosReg, alpha = 1
-    python examples/own_model_and_data.py --method upgrad            # any name of `method_names()`
-    python examples/own_model_and_data.py --method cosreg --hp alpha=10 --workdir /tmp/run
-    python examples/own_model_and_data.py --workdir /tmp/run --steps 400 --resume   # continue that run
+    python examples/own_model_and_data.py                            # CosReg (alpha = 10), 5 epochs
+    python examples/own_model_and_data.py --method upgrad --workdir /tmp/upgrad   # any `method_names()`
+    python examples/own_model_and_data.py --hp alpha=1 --workdir /tmp/run --steps 100   # stop at step 100
+    python examples/own_model_and_data.py --hp alpha=1 --workdir /tmp/run --resume      # ... go on to the end
 
 What the engine (:func:`orthojax.training.train_and_evaluate`) needs from you:
 
