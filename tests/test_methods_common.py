@@ -49,7 +49,7 @@ def make_toy(key, n_tasks=2, d_in=3, d=4, batch=8, scales=None, dtype=jnp.float3
     }
     x = jax.random.normal(ks[4], (batch, d_in), dtype)
     mix = jax.random.normal(ks[5], (n_tasks, d_in, 1), dtype)
-    ys = jnp.tanh(jnp.einsum("bi,tio->tbo", x, mix))
+    ys = jnp.tanh(jnp.einsum("bi,tio->bto", x, mix))  # batch first: (B, T, 1)
     scale = jnp.ones((n_tasks,), dtype) if scales is None else jnp.asarray(scales, dtype)
 
     def encode(p, batch, rng):
@@ -66,7 +66,7 @@ def make_toy(key, n_tasks=2, d_in=3, d=4, batch=8, scales=None, dtype=jnp.float3
         losses = []
         for t in range(n_tasks):
             hp = p["heads"][f"task{t}"]
-            losses.append(jnp.mean((zs[t] @ hp["kernel"] + hp["bias"] - ys[t]) ** 2))
+            losses.append(jnp.mean((zs[t] @ hp["kernel"] + hp["bias"] - ys[:, t]) ** 2))
         return jnp.stack(losses) * scale, {"mean_target": jnp.mean(ys)}
 
     def task_losses(p, batch, rng):
@@ -100,6 +100,15 @@ METHOD_TABLE = {
     "upgrad": dict(),
     "dualproj": dict(),
     "cagrad": dict(),
+    "rlw": dict(),
+    "gls": dict(),
+    "db_mtl": dict(),
+    "stch": dict(steps_per_epoch=2, warmup_epochs=1),
+    "excess_mtl": dict(),
+    "imtl": dict(learning_rate=1e-2),
+    "modo": dict(),
+    "moco": dict(),
+    "sdmgrad": dict(),
 }
 """Every registered method's test hyper-parameters (extra entries: other settings of a method)."""
 

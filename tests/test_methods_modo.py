@@ -128,3 +128,12 @@ def test_validation():
         modo(gamma=None)
     with pytest.raises(ValueError, match="at least one task"):
         modo().init(_problem()[1], 0)
+
+
+def test_project_to_simplex_stays_on_the_simplex_for_huge_inputs():
+    """float32 inputs far beyond 1 / eps (an inner SGD step of SDMGrad can give them): the result is still a
+    point of the simplex (here the vertex of the largest entry, the exact projection)."""
+    for y in ([3e9, -2e9], [1e8, 1e8 - 1e3, -5.0], [-4e9, -1e9]):
+        x = np.asarray(project_to_simplex(jnp.asarray(y, jnp.float32)))
+        assert np.all(x >= 0) and abs(x.sum() - 1) < 1e-6, (y, x)
+        assert x[int(np.argmax(y))] == pytest.approx(1.0, abs=1e-6)

@@ -160,7 +160,7 @@ def test_rotations_align_task_gradients_with_the_common_direction():
     rotations raise cos(R_k^T h_k, r) to ~1, far above the same training with frozen rotations."""
     params, problem, batch = make_toy(jax.random.key(4), d=4, batch=16)
     x, ys = batch
-    batch = (x, jnp.stack([ys[0], ys[0]]))
+    batch = (x, jnp.stack([ys[:, 0], ys[:, 0]], axis=1))
     params["heads"]["task1"]["kernel"] = -params["heads"]["task0"]["kernel"]
     opt = optax.adam(1e-2)
     final = {}

@@ -60,6 +60,15 @@ from orthojax.methods.aggregation import (
     upgrad,
 )
 from orthojax.methods.cosreg import cosreg
+from orthojax.methods.db_mtl import DBMTLState, db_mtl
+from orthojax.methods.excess_mtl import ExcessMTLState, excess_mtl
+from orthojax.methods.gls import gls
+from orthojax.methods.imtl import IMTLState, imtl
+from orthojax.methods.moco import MoCoState, moco
+from orthojax.methods.modo import MoDoState, modo
+from orthojax.methods.rlw import rlw
+from orthojax.methods.sdmgrad import SDMGradState, sdmgrad
+from orthojax.methods.stch import STCHState, stch
 from orthojax.methods.gradnorm import GradNormState, gradnorm
 from orthojax.methods.loss_balancing import DWAState, FAMOState, dwa, famo
 from orthojax.methods.recon import ReconState, recon
@@ -127,10 +136,26 @@ __all__ = [
     "uncertainty",
     "upgrad",
     "weighted_sum",
+    "db_mtl",
+    "excess_mtl",
+    "gls",
+    "imtl",
+    "moco",
+    "modo",
+    "rlw",
+    "sdmgrad",
+    "stch",
     "DWAState",
     "FAMOState",
     "GradNormState",
     "ReconState",
     "RotoGradState",
     "UncertaintyState",
+    "DBMTLState",
+    "ExcessMTLState",
+    "IMTLState",
+    "MoCoState",
+    "MoDoState",
+    "SDMGradState",
+    "STCHState",
 ]

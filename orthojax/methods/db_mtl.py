@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.select import Selection, make_selection
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -230,3 +231,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> Method:
                           jnp.sum(jnp.log(sj.losses + _EPS)), sj.losses, sj.aux, metrics)
 
     return Method(name="db_mtl", init=init, step=step)
+
+
+register("db_mtl", db_mtl, aliases=("dbmtl", "dual_balancing"))

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
 from orthojax.methods.db_mtl import _check_buffer, _check_num_tasks, _task_buffer, shared_jacobian
 from orthojax.methods.gradnorm import param_dtype
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -121,3 +122,6 @@ def excess_mtl(robust_step_size: float = 1e-2) -> Method:
         return MethodStep(sj.assemble(shared, rest), new_state, loss, sj.losses, sj.aux, metrics)
 
     return Method(name="excess_mtl", init=init, step=step)
+
+
+register("excess_mtl", excess_mtl, aliases=("excessmtl",))

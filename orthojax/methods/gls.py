@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -80,3 +81,6 @@ def gls() -> Method:
         return MethodStep(grads, state, value, losses, aux, {"task_weights": w})
 
     return Method(name="gls", init=init, step=step)
+
+
+register("gls", gls, aliases=("geometric_loss", "geometric_loss_strategy"))

@@ -37,6 +37,7 @@ from orthojax.methods import gramian as gm
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
 from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
 from orthojax.methods.gradnorm import copy_leaves, param_dtype
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -111,3 +112,6 @@ def imtl(learning_rate: float = 1e-3, *, optimizer: Optional[optax.GradientTrans
         return MethodStep(sj.assemble(shared, rest), new_state, loss, sj.losses, sj.aux, metrics)
 
     return Method(name="imtl", init=init, step=step)
+
+
+register("imtl", imtl, aliases=("imtl_hybrid",))

@@ -46,6 +46,7 @@ from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, check_po
 from orthojax.methods.db_mtl import _check_buffer, _check_num_tasks, _task_buffer, shared_jacobian, task_norms
 from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.modo import project_to_simplex
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -181,3 +182,6 @@ def moco(
         return MethodStep(sj.assemble(shared, rest), new_state, loss, sj.losses, sj.aux, metrics)
 
     return Method(name="moco", init=init, step=step)
+
+
+register("moco", moco)

@@ -40,6 +40,7 @@ from orthojax.methods import gramian as gm
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
 from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
 from orthojax.methods.gradnorm import param_dtype
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -70,9 +71,14 @@ def project_to_simplex(y: jax.Array) -> jax.Array:
     cumulative = jnp.cumsum(u) - 1.0
     j = jnp.arange(1, y.shape[0] + 1, dtype=y.dtype)
     active = u - cumulative / j > 0
-    r = jnp.sum(active)  # >= 1: the first condition is u_1 - (u_1 - 1) = 1 > 0
+    # >= 1 in exact arithmetic (u_1 - (u_1 - 1) = 1 > 0); rounding can lose it when |u_1| >> 1
+    r = jnp.maximum(jnp.sum(active), 1)
     theta = cumulative[r - 1] / r.astype(y.dtype)
-    return jnp.maximum(y - theta, 0.0)
+    x = jnp.maximum(y - theta, 0.0)
+    # the sum is 1 up to rounding; where rounding took every entry to 0 (|y| beyond 1 / eps), the projection
+    # is the vertex of the largest entry
+    vertex = jax.nn.one_hot(jnp.argmax(y), y.shape[0], dtype=y.dtype)
+    return jnp.where(jnp.sum(x) > 0, x, vertex)
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -154,3 +160,6 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> Method:
         return MethodStep(sj.assemble(shared, rest), MoDoState(new), loss, sj.losses, sj.aux, {"task_weights": new})
 
     return Method(name="modo", init=init, step=step)
+
+
+register("modo", modo)

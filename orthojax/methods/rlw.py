@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -78,3 +79,6 @@ def rlw() -> Method:
         return MethodStep(grads, state, jnp.dot(w, losses), losses, aux, {"task_weights": w})
 
     return Method(name="rlw", init=init, step=step)
+
+
+register("rlw", rlw, aliases=("random_loss_weighting", "random_weighting"))

@@ -54,6 +54,7 @@ from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, check_po
 from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
 from orthojax.methods.gradnorm import param_dtype, power_of_two_scale
 from orthojax.methods.modo import project_to_simplex, split_batch
+from orthojax.methods.registry import register
 
 PyTree = Any
 
@@ -216,3 +217,6 @@ def sdmgrad(
         return MethodStep(sj.assemble(shared, rest), SDMGradState(w), loss, sj.losses, sj.aux, metrics)
 
     return Method(name="sdmgrad", init=init, step=step)
+
+
+register("sdmgrad", sdmgrad, aliases=("sdm_grad",))

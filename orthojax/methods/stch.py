@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
 from orthojax.methods.gradnorm import param_dtype
+from orthojax.methods.registry import RunContext, register
 
 PyTree = Any
 
@@ -156,3 +157,11 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, *, steps_per_epoch: int) -> Me
         return MethodStep(grads, new_state, value, losses, aux, {"task_weights": w, "nadir": running})
 
     return Method(name="stch", init=init, step=step)
+
+
+def _steps_per_epoch(context: RunContext) -> int:
+    """STCH's warm-up and nadir epochs are counted in the run's epochs."""
+    return context.steps_per_epoch
+
+
+register("stch", stch, aliases=("smooth_tchebycheff",), context={"steps_per_epoch": _steps_per_epoch})
