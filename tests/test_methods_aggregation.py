@@ -6,6 +6,9 @@ NumPy re-implementations of their update rules.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +17,11 @@ import pytest
 
 from orthojax import aggregators
 from orthojax.methods import aggregation, loss_balancing
+from orthojax.methods import get_method
 from orthojax.methods.base import MultiTaskProblem
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_methods_common import make_toy  # noqa: E402
 
 AGG_NAMES = ["mgda", "pcgrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "cagrad"]
 ALL_FACTORIES = {**{n: aggregation.AGGREGATORS[n] for n in AGG_NAMES}, "dwa": loss_balancing.dwa,
@@ -232,20 +239,43 @@ def _linear_problem(J):
     return MultiTaskProblem(task_losses=task_losses, last_shared="encoder", shared="encoder"), params
 
 
-@pytest.mark.parametrize("name", AGG_NAMES)
+# registry name -> (aggregator factory, hyper-parameters) for every registered aggregation method
+REGISTERED = {
+    **{n: (getattr(aggregators, n), {}) for n in AGG_NAMES + ["config", "nash_mtl", "fairgrad", "gradvac", "graddrop"]},
+    "sum": (aggregators.sum_aggregator, {}),
+    "mean": (aggregators.mean_aggregator, {}),
+    "trimmed_mean": (aggregators.trimmed_mean, {"trim_number": 1}),
+}
+STATEFUL = {"nash_mtl", "gradvac"}
+
+
+def test_every_aggregation_method_is_covered():
+    assert set(REGISTERED) == set(aggregation.AGGREGATORS)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTERED))
 def test_method_update_is_the_aggregators_direction(name, x64):
     J = jnp.asarray(np.random.default_rng(4).normal(size=(3, 5)) * [[1.0], [-2.0], [0.5]])
     problem, params = _linear_problem(J)
-    method = aggregation.AGGREGATORS[name]()
+    factory, kwargs = REGISTERED[name]
+    method = aggregation.AGGREGATORS[name](**kwargs)
+    assert method.name == name
     rng = jax.random.key(7)
-    out = jax.jit(lambda p: method.step(problem, p, method.init(p, 3), J, rng))(params)
+    state = method.init(params, 3)
+    out = jax.jit(lambda p, s: method.step(problem, p, s, J, rng))(params, state)
     key = jax.random.fold_in(rng, aggregation._AGGREGATOR_KEY_SALT)  # the documented key derivation
-    expected = getattr(aggregators, name)().with_info(J, key=key)
+    expected = factory(**kwargs).with_info(J, key=key)
     np.testing.assert_allclose(np.asarray(out.grads["encoder"]["w"]), np.asarray(expected.direction), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(out.grads["heads"]), np.asarray(params["heads"]), rtol=1e-14)
     for k, v in expected.info.items():
         np.testing.assert_allclose(np.asarray(out.metrics[k]), np.asarray(v), rtol=1e-12, err_msg=k)
-    assert out.state == ()
+    if name in STATEFUL:  # one state structure and shape from init on: no retrace, a fixed checkpoint layout
+        shapes = lambda tree: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)  # noqa: E731
+        assert shapes(state) == shapes(out.state) == shapes(expected.state)
+        for a, b in zip(jax.tree.leaves(out.state), jax.tree.leaves(expected.state)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    else:
+        assert state == () and out.state == ()
 
 
 def test_method_from_a_users_plain_stateful_aggregator(x64):
@@ -279,8 +309,84 @@ def test_method_from_a_users_plain_stateful_aggregator(x64):
 def test_method_factories_take_the_aggregators_hyperparameters():
     import inspect
 
-    for name in AGG_NAMES:
-        method_sig = inspect.signature(aggregation.AGGREGATORS[name])
-        assert method_sig.parameters == inspect.signature(getattr(aggregators, name)).parameters
+    for name, (factory, _) in REGISTERED.items():
+        method_params = dict(inspect.signature(aggregation.AGGREGATORS[name]).parameters)
+        rep_grad = method_params.pop("rep_grad", None)
+        assert method_params == dict(inspect.signature(factory).parameters)
+        # every weighting takes rep_grad (keyword-only, default False); the coordinate-wise ones do not
+        assert (rep_grad is None) == (name in ("graddrop", "trimmed_mean")), name
+        if rep_grad is not None:
+            assert rep_grad.kind is inspect.Parameter.KEYWORD_ONLY and rep_grad.default is False
     make = aggregation._method_from_aggregator(aggregators.upgrad, name="upgrad_exact")
     assert make(reg_eps=0.0).name == "upgrad_exact"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rep_grad: the Jacobian with respect to the shared representation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _mgda_two_tasks(R):
+    """Min-norm point of the segment [r_0, r_1] (Sener & Koltun, Algorithm 1 for T = 2): NumPy float64."""
+    r0, r1 = R
+    gamma = np.clip(np.dot(r1 - r0, r1) / np.dot(r1 - r0, r1 - r0), 0.0, 1.0)
+    return np.array([gamma, 1.0 - gamma])
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl"])
+def test_rep_grad_against_an_explicit_computation(name, x64):
+    """jax.jacrev on z, the weights from that Jacobian's Gramian, then the gradient of sum_t w_t L_t for the
+    encoder and of sum_t L_t for the heads."""
+    params, problem, batch = make_toy(jax.random.key(5), batch=6, scales=(1.0, 4.0), dtype=jnp.float64)
+    rng = jax.random.key(2)
+    method = get_method(name, rep_grad=True)
+    assert method.hyperparameters["rep_grad"] is True
+    state = method.init(params, 2)
+    out = jax.jit(lambda p, s: method.step(problem, p, s, batch, rng))(params, state)
+
+    (z, _), extras = problem.encode(params, batch, rng)
+    R = jax.jacrev(lambda z: problem.decode(params, (z, z), extras, batch, rng)[0])(z)  # (T, B, d)
+    R = np.asarray(R).reshape(2, -1)
+    G = R @ R.T
+    if name == "mgda":
+        w = _mgda_two_tasks(R)
+    elif name == "upgrad":
+        w = np.asarray(aggregators.upgrad_weights(jnp.asarray(G)))
+    else:  # Nash-MTL: alpha (G alpha) = 1, ||d||^2 = alpha^T G alpha = T = 2, clipped to norm 1: w (G w) = 1/2
+        w = np.asarray(out.metrics["task_weights"])
+        np.testing.assert_allclose(w * (G @ w), [0.5, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.metrics["task_weights"]), w, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.metrics["gramian"]), G, rtol=1e-12)
+
+    def weighted(p):
+        return jnp.dot(jnp.asarray(w), problem.task_losses(p, batch, rng)[0])
+
+    def total(p):
+        return jnp.sum(problem.task_losses(p, batch, rng)[0])
+
+    enc = jax.grad(weighted)(params)["encoder"]
+    heads = jax.grad(total)(params)["heads"]
+    for got, want in zip(jax.tree.leaves(out.grads["encoder"]), jax.tree.leaves(enc)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-10)
+    for got, want in zip(jax.tree.leaves(out.grads["heads"]), jax.tree.leaves(heads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+    assert "cosine" not in out.metrics  # the engine computes the parameter-space diagnostic
+    losses, _ = problem.task_losses(params, batch, rng)
+    np.testing.assert_allclose(np.asarray(out.task_losses), np.asarray(losses), rtol=1e-12)
+
+
+def test_rep_grad_errors():
+    params, problem, batch = _toy()  # no encode / decode
+    method = get_method("mgda", rep_grad=True)
+    with pytest.raises(ValueError, match="encode"):
+        method.step(problem, params, (), batch, jax.random.key(0))
+    with pytest.raises(TypeError, match="rep_grad"):
+        get_method("graddrop", rep_grad=True)  # not a weighting: no such hyper-parameter
+    with pytest.raises(TypeError, match="rep_grad"):
+        aggregation.gradient_aggregation(aggregators.mgda(), rep_grad=1)
+    with pytest.raises(ValueError, match="task_weights"):
+        aggregation.gradient_aggregation(lambda J, s=None, *, key=None: (J[0], s), name="first", rep_grad=True)
+    with pytest.raises(ValueError, match="task_weights"):  # an Aggregator that reports no weights
+        method = aggregation.gradient_aggregation(aggregators.trimmed_mean(0), rep_grad=True)
+        params, problem, batch = make_toy(jax.random.key(0))
+        method.step(problem, params, (), batch, jax.random.key(0))
