@@ -31,6 +31,7 @@ from orthojax.metrics import (
     init_normals,
     init_segmentation,
     normal_angles,
+    trivial_evaluation,
     update_depth,
     update_normals,
     update_segmentation,
@@ -50,7 +51,7 @@ DENSE_ROWS = {
 }
 
 __all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses",
-           "exact_normal_median", "tasks_from_info"]
+           "depth_l1_loss", "exact_normal_median", "tasks_from_info", "trivial_metrics"]
 
 
 class TaskSpec(NamedTuple):
@@ -78,6 +79,12 @@ def depth_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
     return _masked_mean((pred - gt) ** 2, valid_depth_mask(gt))
 
 
+def depth_l1_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """Mean absolute error over valid pixels (gt != 0): MTAN's depth / disparity loss
+    (lorenmt/mtan, ``model_segnet_mtan.py``, ``model_fit``)."""
+    return _masked_mean(jnp.abs(pred - gt), valid_depth_mask(gt))
+
+
 def normal_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """MSE between unit normals over valid pixels (gt not all-zero, :func:`orthojax.metrics.valid_normal_mask`),
     summed over the 3 channels."""
@@ -87,14 +94,26 @@ def normal_loss(pred: jax.Array, gt: jax.Array) -> jax.Array:
 _LOSSES = {"seg": seg_loss, "depth": depth_loss, "normal": normal_loss}
 
 
-def dense_task_losses(tasks: Sequence[TaskSpec]) -> Callable[[tuple, Mapping[str, Any]], jax.Array]:
-    """``fn(outputs, batch) -> (T,)`` for the given tasks, in model output order."""
+def dense_task_losses(tasks: Sequence[TaskSpec], losses: Optional[Mapping[str, Callable]] = None
+                      ) -> Callable[[tuple, Mapping[str, Any]], jax.Array]:
+    """``fn(outputs, batch) -> (T,)`` for the given tasks, in model output order.
+
+    ``losses``: kind -> ``fn(pred, gt) -> scalar`` replacing the default of that kind (e.g.
+    ``{"depth": depth_l1_loss}`` for MTAN's L1 depth loss).
+
+    Raises:
+      ValueError: a task of an unknown kind, or a replacement for one.
+    """
+    table = {**_LOSSES, **dict(losses or {})}
+    unknown = sorted(set(table) - set(_LOSSES))
+    if unknown:
+        raise ValueError(f"losses: unknown task kind(s) {unknown}; expected some of {sorted(_LOSSES)}")
     for task in tasks:
         if task.kind not in _LOSSES:
             raise ValueError(f"task {task.key!r}: unknown kind {task.kind!r}; expected one of {sorted(_LOSSES)}")
 
     def task_losses(outputs: tuple, batch: Mapping[str, Any]) -> jax.Array:
-        return jnp.stack([_LOSSES[t.kind](out, batch[t.key]) for t, out in zip(tasks, outputs)])
+        return jnp.stack([table[t.kind](out, batch[t.key]) for t, out in zip(tasks, outputs)])
 
     return task_losses
 
@@ -190,7 +209,9 @@ def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
 def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any], *,
                     width: float, model_options: Mapping[str, Any], table_metrics: Callable[[Mapping], dict],
                     task_columns: Mapping[str, str], augment: Optional[Callable] = None,
-                    vgg16_weights: Optional[str] = None, normal_mask: str = "all_zero"):
+                    vgg16_weights: Optional[str] = None, normal_mask: str = "all_zero",
+                    model: Optional[Callable[..., Any]] = None, losses: Optional[Mapping[str, Callable]] = None,
+                    latent_channels: int = 512):
     """A SegNet benchmark for the dense tasks in ``info`` (see :class:`experiments.runner.Benchmark`).
 
     Args:
@@ -206,6 +227,11 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
       vgg16_weights: ImageNet VGG16 weights loaded into the encoder at initialisation.
       normal_mask: which gt normals the evaluation counts as missing: "all_zero" (default, as the loss)
         or "mtan" (MTAN's channel-sum rule, for comparison with MTAN-family numbers).
+      model: ``fn(heads=..., width=..., output_size=..., **options) -> nn.Module`` (default
+        :class:`orthojax.models.SegNet`; e.g. :class:`orthojax.models.SegNetMTAN`).
+      losses: per-kind loss replacements (see :func:`dense_task_losses`).
+      latent_channels: channels of the representation at width 1 (512 for SegNet's encoder output; 64 for
+        SegNet-MTAN's attended features), scaled by ``width`` for the runs' context.
     """
     _check_normal_mask(normal_mask)
     from experiments.runner import Benchmark
@@ -216,8 +242,10 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
     output = tuple(info["target_size"]) if info.get("target_size") else None
     keys = [t.key for t in tasks]
 
+    factory = SegNet if model is None else model
+
     def build(options: Mapping[str, Any]):
-        return SegNet(heads=heads, width=width, output_size=output, **{**dict(model_options), **dict(options)})
+        return factory(heads=heads, width=width, output_size=output, **{**dict(model_options), **dict(options)})
 
     def single_task_metrics(t: int, evaluation: Mapping[str, Any]) -> dict:
         key = keys[t]
@@ -236,8 +264,18 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
 
     return Benchmark(
         name=name, task_names=tuple(keys), train=splits["train"], eval=splits["test"], build_model=build,
-        task_losses=dense_task_losses(tasks), eval_metrics=dense_eval_metrics(tasks, normal_mask),
+        task_losses=dense_task_losses(tasks, losses), eval_metrics=dense_eval_metrics(tasks, normal_mask),
         table_metrics=table_metrics,
-        single_task_metrics=single_task_metrics, latent_size=lambda model: max(1, round(512 * width)),
+        single_task_metrics=single_task_metrics, latent_size=lambda model: max(1, round(latent_channels * width)),
         augment=augment, final_eval=final_eval, init_variables=init_variables,
     )
+
+
+def trivial_metrics(splits: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any],
+                    table_metrics: Callable[[Mapping], dict], *, eval_batch_size: Optional[int] = None,
+                    normal_mask: str = "all_zero") -> dict:
+    """The table columns of the trivial predictor (:func:`orthojax.metrics.trivial_evaluation`): each task's
+    training-split constant (majority class, mean depth, mean normal direction) scored on the test split
+    with the evaluation's metrics, per-batch entries at ``eval_batch_size``."""
+    return trivial_evaluation(tasks_from_info(info), splits["train"], splits["test"], normal_mask=normal_mask,
+                              eval_batch_size=eval_batch_size, table_metrics=table_metrics)

@@ -15,10 +15,11 @@ from typing import Any, Mapping, Optional, Sequence
 from experiments.cli import SEGNET_SHORTHANDS, Experiment, Shorthand, existing_path
 from experiments.configs import ExperimentConfig
 from experiments.configs.nyuv2 import PRESETS, TABLE_ROWS, get_config
-from experiments.dense import DENSE_ROWS, dense_benchmark
+from experiments.dense import DENSE_ROWS, dense_benchmark, trivial_metrics
 from experiments.paper_numbers import TABLE2_NYUV2
 from experiments.pipeline import Table, protocol_lines, run_command, run_experiment
-from orthojax.data import dense_augment, load_nyuv2
+from experiments.report import reference_check
+from orthojax.data import dense_augment, load_nyuv2, steps_per_epoch
 from orthojax.metrics import NYUV2_HIGHER_IS_BETTER, delta_m
 
 ROWS = DENSE_ROWS
@@ -59,17 +60,36 @@ def field_metric_keys(aggregation: str) -> list[str]:
     return [f"{t}/batch/{m}" if per_batch and t != "seg" else f"{t}/{m}" for t, m in FIELD_METRICS]
 
 
-def field_section(summary: Sequence[Mapping]) -> tuple[str, dict]:
-    """The nine field metrics per row and Delta_m% against our single-task row, both aggregations."""
+DEFINITIONS = {
+    "seg 1-mIoU": "1 - mean over the classes of the intersection over union (one confusion matrix over the test split)",
+    "depth RMSE": "root mean squared depth error (metres) over the valid test pixels (gt != 0), pooled",
+    "normal 1-|cos|": "mean over the valid test pixels of 1 - |cos| between predicted and true normals",
+}
+
+
+def field_section(summary: Sequence[Mapping], trivial: Optional[Mapping[str, float]] = None) -> tuple[str, dict]:
+    """The nine field metrics per row and Delta_m% against our single-task row, both aggregations.
+
+    Delta_m% is given only when the single-task row beats the trivial predictor (``trivial``: its metrics)
+    on every metric of the aggregation (:func:`experiments.report.reference_check`); otherwise the section
+    says why not."""
     by = {e["row"]: e for e in summary}
     lines, payload = [], {}
     for aggregation, title in (("pooled", "pooled (LibMTL-style, exact over all test pixels)"),
                                ("batch", "per-batch means (MTAN-style: segmentation from the confusion matrix "
                                          "over the whole test set, depth and normals averaged per test batch)")):
         names = field_metric_keys(aggregation)
-        head = ["Method"] + [n.split("/")[0] + " " + n.split("/")[-1] for n in names] + ["Δm% vs our single task"]
-        lines += [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         base = by.get("single_task")
+        reference = None if base is None else {n: base["columns"].get(n, {}).get("mean") for n in names}
+        present = [n for n in names if reference is not None and reference[n] is not None]
+        usable, reason = reference_check(reference, trivial, {n: NYUV2_HIGHER_IS_BETTER[n.split("/")[-1]]
+                                                              for n in present})
+        lines += [f"**{title}**", ""]
+        if base is not None and not usable:
+            base = None
+            lines += [f"Δm% not reported: {reason}.", ""]
+        head = ["Method"] + [n.split("/")[0] + " " + n.split("/")[-1] for n in names] + ["Δm% vs our single task"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for entry in summary:
             means = {n: entry["columns"].get(n, {}).get("mean") for n in names}
             cells = [entry["label"]] + ["-" if means[n] is None else f"{means[n]:.4f}" for n in names]
@@ -127,14 +147,22 @@ def build(config: ExperimentConfig) -> Table:
                                  "depth gt != 0; normals: loss not all-zero, metrics channel sum != 0 (MTAN)"),
                 "evaluated on": "test split (MTAN's 'val'), final epoch"}
 
+    trivial = trivial_metrics(splits, info, table_metrics, eval_batch_size=config.train.eval_batch_size,
+                              normal_mask=data.normal_mask)
+
     def extra(results, summary):
-        text, payload = field_section(summary)
+        text, payload = field_section(summary, trivial)
         return [("The field's nine metrics and Δm%", text)], {"field_metrics": payload}
 
     notes = list(info.get("notes", []))
     if info.get("synthetic"):
         notes.append("SYNTHETIC DATA: numbers are not comparable with the paper's; they exercise the full pipeline.")
-    return Table(bench, "NYUv2 (Table 2)", COLUMNS, PAPER, info, protocol, notes, extra)
+    paper = get_config("paper")
+    pooled = field_metric_keys("pooled")
+    return Table(bench, "NYUv2 (Table 2)", COLUMNS, PAPER, info, protocol, notes, extra, trivial=trivial,
+                 directions={n: NYUV2_HIGHER_IS_BETTER[n.split("/")[-1]] for n in pooled},
+                 metric_labels={n: n.replace("/", " ") for n in pooled}, definitions=DEFINITIONS,
+                 protocol_steps=paper.train.epochs * steps_per_epoch(paper.data.synthetic_sizes[0], paper.train.batch_size))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list:

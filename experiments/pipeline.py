@@ -15,9 +15,11 @@ import numpy as np
 
 from experiments.cli import Command, Distributed, Experiment, parse_command, row_key
 from experiments.configs import ExperimentConfig, config_changes, method_key, save_config
-from experiments.report import Column, failed_runs, summarize, write_plots, write_results
+from experiments.report import (
+    Column, comparison, failed_runs, row_label, step_time, summarize, training_lines, write_plots, write_results,
+)
 from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
-from experiments.runner import _eval_batches, _optimizer  # the runs' evaluation batches and optimiser, as trained
+from experiments.runner import _eval_batches, _optimizer, _steps_per_epoch  # as the runs were trained
 from orthojax.data import steps_per_epoch
 from orthojax.diagnostics import pairwise_cosines, phi_stats
 from orthojax.methods.protocol import StageResult
@@ -27,9 +29,9 @@ from orthojax.training import (
     evaluate_checkpoint, initialize_distributed, read_config,
 )
 
-__all__ = ["EXIT_FAILED_RUNS", "Table", "check_config", "check_rows", "command_scope", "compilation_cache_dir",
-           "evaluate_table", "protocol_lines", "run_benchmark", "run_command", "run_experiment", "run_parsed", "run_settings",
-           "setup_runtime", "table_rows"]
+__all__ = ["EXIT_FAILED_RUNS", "Table", "average_last_epochs", "check_config", "check_rows", "command_scope",
+           "compilation_cache_dir", "evaluate_table", "protocol_lines", "run_benchmark", "run_command", "run_experiment",
+           "run_parsed", "run_settings", "setup_runtime", "split_unsupported", "table_rows"]
 
 EXIT_FAILED_RUNS = 1
 """Exit status of a command that finished with failed runs (they are listed in results.md); a command
@@ -72,7 +74,7 @@ def table_rows(config: ExperimentConfig, paper_rows: Mapping[str, Row]) -> list[
     """
     rows = []
     for name in config.rows:
-        row = paper_rows[name] if name in paper_rows else Row(key=row_key(name), label=name, method=name)
+        row = paper_rows[name] if name in paper_rows else Row(key=row_key(name), label=row_label(name), method=name)
         hyperparameters = {**dict(config.methods.get(method_key(row.method), {})), **dict(row.method_kwargs)}
         label = row.label.format(**hyperparameters) if "{" in row.label else row.label
         rows.append(dataclasses.replace(row, label=label, method_kwargs=hyperparameters))
@@ -161,11 +163,37 @@ def command_scope(workdir: str) -> Iterator[StopRequest]:
                 lock.release()
 
 
+def split_unsupported(rows: Sequence[Row], unsupported: Optional[Callable[[Row], Optional[str]]]
+                      ) -> tuple[list[Row], dict[str, str]]:
+    """The rows the benchmark's model can run, and {label: reason} for those it cannot.
+
+    Raises:
+      ValueError: no row can run (the message gives every reason).
+    """
+    if unsupported is None:
+        return list(rows), {}
+    runnable, refused = [], {}
+    for row in rows:
+        reason = unsupported(row)
+        if reason:
+            refused[row.label] = reason
+        else:
+            runnable.append(row)
+    if not runnable:
+        raise ValueError("no row of the table can run on this model: "
+                         + "; ".join(f"{label}: {why}" for label, why in refused.items()))
+    return runnable, refused
+
+
 def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, workdir: str, *, title: str,
                   columns: Sequence[Column], paper: Mapping[str, Mapping[str, float]], data_info: Mapping,
                   protocol: Mapping[str, Any], notes: Sequence[str] = (),
                   extra: Optional[Callable[[list, list], tuple[list, dict]]] = None,
-                  config: Optional[ExperimentConfig] = None, eval_only: bool = False) -> list:
+                  config: Optional[ExperimentConfig] = None, eval_only: bool = False,
+                  trivial: Optional[Mapping[str, float]] = None, directions: Mapping[str, bool] = {},
+                  metric_labels: Mapping[str, str] = {}, definitions: Mapping[str, str] = {},
+                  protocol_steps: Optional[int] = None, preset: str = "paper",
+                  unsupported: Optional[Callable[[Row], Optional[str]]] = None, last_epochs: int = 1) -> list:
     """Runs ``rows`` and writes ``results.md``, ``results.json`` and ``plots/`` in ``workdir``.
 
     ``config``: the table's configuration, saved as ``<workdir>/config.json`` before the first run starts.
@@ -173,6 +201,14 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
 
     ``extra(row_results, summary) -> (sections, json)`` adds benchmark-specific sections (e.g. the
     field's nine NYUv2 metrics and Delta_m).
+
+    What a reader needs to trust the table (see :mod:`experiments.report`): ``trivial`` (the trivial
+    predictor's columns, a reference row), ``directions`` (metric -> higher is better: the comparison of the
+    rows with Delta_m%, mean rank and measured step time, labelled by ``metric_labels``), ``definitions``
+    (column label -> definition), ``protocol_steps`` and ``preset`` (the training-length statement),
+    ``unsupported(row) -> reason or None`` (rows the model cannot run: listed with the reason, not run) and
+    ``last_epochs`` (> 1: the numbers are the mean of the last that many epochs' evaluations of each run,
+    read from its ``metrics.jsonl``).
 
     Every row and every run is checked before the first one trains, and before anything is written
     (:func:`check_rows`, :func:`experiments.runner.check_table`); the command then holds the workdir
@@ -184,6 +220,7 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
         when a signal stopped the command (no results written; ``--resume`` continues it).
     """
     rows, settings = check_rows(rows, settings)  # every row, before the first one trains
+    rows, not_run = split_unsupported(rows, unsupported)
     WorkdirLock(workdir).check()  # another command on this workdir: said first
     check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
     primary = jax.process_index() == 0
@@ -193,6 +230,10 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
         row_results = (evaluate_table if eval_only else run_table)(bench, settings, rows, workdir)
         if stop.signum is not None:
             raise RunInterrupted(stop.signum, workdir)
+        evaluated = "the final-epoch evaluation"
+        if last_epochs > 1 and not eval_only:
+            row_results = average_last_epochs(bench, settings, rows, row_results, workdir, last_epochs)
+            evaluated = f"the mean of the last {last_epochs} epochs' evaluations of each run"
         summary = summarize(row_results, columns)
         sections, extra_json = [], {}
         if extra:
@@ -201,6 +242,17 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
             except Exception as error:  # the table is still written
                 traceback.print_exc()
                 sections = [("Benchmark-specific section", f"Not written: {type(error).__name__}: {error}")]
+        if directions:
+            times = {row.key: step_time(os.path.join(workdir, row.key), settings.batch_size) for row in rows}
+            text, payload = comparison(summary, directions, metric_labels, trivial=trivial, step_times=times,
+                                       not_run=not_run)
+            sections = [("Comparison of the methods", text), *sections]
+            extra_json = {**extra_json, "comparison": payload}
+        elif not_run:
+            notes = [*notes, *(f"{label}: not run: {why}" for label, why in not_run.items())]
+        extra_json = {**extra_json, "not_run": not_run}
+        training = training_lines(summary, preset=preset, planned_steps=settings.epochs * _steps_per_epoch(bench, settings),
+                                  max_steps=settings.max_steps, protocol_steps=protocol_steps)
         if primary:
             try:
                 plots = write_plots(workdir, row_results, title)
@@ -209,7 +261,8 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
                 plots, notes = [], [*notes, f"Plots not written: {type(error).__name__}: {error}"]
             write_results(workdir, title=title, data_info=data_info, protocol=protocol, summary=summary,
                           columns=columns, paper=paper, notes=notes, extra_sections=sections,
-                          extra_json={**extra_json, "plots": plots})
+                          extra_json={**extra_json, "plots": plots}, trivial=trivial, definitions=definitions,
+                          training=training, evaluated=evaluated)
             print(open(os.path.join(workdir, "results.md")).read())
             print(f"results: {os.path.join(workdir, 'results.md')}", file=sys.stderr)
     failed = failed_runs(summary)
@@ -245,6 +298,13 @@ class Table:
       protocol: the protocol lines of ``results.md``.
       notes: lines added under the table.
       extra: ``fn(row_results, summary) -> (sections, json)``: benchmark-specific sections.
+      trivial: the trivial predictor's columns (:func:`experiments.dense.trivial_metrics`), or None.
+      directions: metric key -> higher is better: the metrics of the comparison (Delta_m%, mean rank).
+      metric_labels: metric key -> its label in the comparison.
+      definitions: column label -> its definition, written under the table.
+      protocol_steps: steps per run under the paper protocol on the full training split (None: unknown).
+      unsupported: ``fn(row) -> reason`` for rows the model cannot run (None: every row can).
+      last_epochs: > 1: report the mean of the last that many epochs' evaluations (MTAN's protocol).
     """
 
     bench: Benchmark
@@ -255,6 +315,13 @@ class Table:
     protocol: Mapping[str, Any]
     notes: Sequence[str] = ()
     extra: Optional[Callable[[list, list], tuple[list, dict]]] = None
+    trivial: Optional[Mapping[str, float]] = None
+    directions: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+    metric_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    definitions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    protocol_steps: Optional[int] = None
+    unsupported: Optional[Callable[[Row], Optional[str]]] = None
+    last_epochs: int = 1
 
 
 def protocol_lines(config: ExperimentConfig) -> dict:
@@ -293,7 +360,10 @@ def run_parsed(command: Command, build: Callable[[ExperimentConfig], Table], pap
     return run_benchmark(table.bench, rows, run_settings(command.config, command), command.workdir,
                          title=table.title, columns=table.columns, paper=table.paper, data_info=table.data_info,
                          protocol=table.protocol, notes=table.notes, extra=table.extra, config=command.config,
-                         eval_only=command.eval_only)
+                         eval_only=command.eval_only, trivial=table.trivial, directions=table.directions,
+                         metric_labels=table.metric_labels, definitions=table.definitions,
+                         protocol_steps=table.protocol_steps, preset=command.config.preset,
+                         unsupported=table.unsupported, last_epochs=table.last_epochs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -447,3 +517,111 @@ def evaluate_table(bench: Benchmark, settings: RunSettings, rows: Sequence[Row],
     evaluated", with the reason, in the results.
     """
     return [_evaluate_row(bench, settings, row, workdir) for row in rows]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The mean of the last epochs' evaluations (MTAN's protocol), from the runs' metrics.jsonl
+# ------------------------------------------------------------------------------------------------------------
+
+def _mean_evaluations(evaluations: Sequence[Mapping[str, Any]]) -> dict:
+    """Element-wise mean of the numeric entries every one of ``evaluations`` holds."""
+    keys = [k for k in evaluations[0] if all(k in e for e in evaluations)]
+    out = {}
+    for key in keys:
+        try:
+            values = np.asarray([e[key] for e in evaluations], dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+        mean = values.mean(axis=0)
+        out[key] = mean.tolist() if mean.ndim else float(mean)
+    return out
+
+
+def _last_evaluations(run_dir: str, num_seeds: int, n: int) -> tuple[list, int]:
+    """Per seed, the mean of the last ``n`` evaluations in ``<run_dir>/metrics.jsonl``, and how many there were."""
+    epochs = [e["eval"] for e in History.from_metrics(run_dir).epochs if e.get("eval")]
+    if not epochs:
+        raise ValueError(f"{os.path.join(run_dir, 'metrics.jsonl')} holds no evaluation")
+    last = epochs[-n:]
+    per_seed = [last] if num_seeds == 1 else [[{k: v[i] for k, v in e.items()} for e in last] for i in range(num_seeds)]
+    return [_mean_evaluations(evals) for evals in per_seed], len(last)
+
+
+class _HistoryStages:
+    """The :class:`~orthojax.methods.protocol.Stages` of a trained row read back from its runs' histories: a
+    multi-stage protocol runs unchanged (its choices from the recorded metrics) and says which stages make
+    the row; each stage's evaluations are the mean of its last ``n``."""
+
+    def __init__(self, bench: Benchmark, row: Row, base: str, num_seeds: int, n: int):
+        self.bench, self.row, self.base, self.n = bench, row, base, n
+        self.num_tasks, self.num_seeds = len(bench.task_names), num_seeds
+        self.evaluations: dict[str, list] = {}
+        self.counts: dict[str, int] = {}
+
+    def shared_layer_names(self, model_kwargs: Mapping[str, Any] = types.MappingProxyType({})) -> tuple:
+        names = getattr(self.bench.build_model({**dict(self.row.model_kwargs), **dict(model_kwargs)}),
+                        "shared_layer_names", None)
+        return tuple(names()) if callable(names) else ()
+
+    def train(self, stage: str, method: str, hyperparameters: Mapping[str, Any], *,
+              model_kwargs: Mapping[str, Any] = types.MappingProxyType({}), epochs: Optional[int] = None) -> StageResult:
+        run_dir = os.path.join(self.base, stage)
+        self.evaluations[stage], self.counts[stage] = _last_evaluations(run_dir, self.num_seeds, self.n)
+        history = History.from_metrics(run_dir)
+        return StageResult(workdir=run_dir, evaluations=tuple(self.evaluations[stage]), status=history.status,
+                           metric=lambda name: _per_seed_history(history, name, self.num_seeds))
+
+    def write_json(self, name: str, obj: Any) -> str:
+        return os.path.join(self.base, name)  # reading back writes nothing
+
+
+def _row_last_epochs(bench: Benchmark, settings: RunSettings, row: Row, workdir: str, n: int) -> list:
+    """Per seed: (metrics, evaluations averaged) of ``row`` over its runs' last ``n`` evaluations."""
+    out = []
+    groups = [list(settings.seeds)] if settings.vmap_seeds else [[s] for s in settings.seeds]
+    for seeds in groups:
+        base = os.path.join(workdir, row.key, f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}")
+        spec = method_spec(row.method)
+        if spec.protocol is None:
+            evaluations, count = _last_evaluations(base, len(seeds), n)
+            out.extend((bench.table_metrics(e), count) for e in evaluations)
+            continue
+        stages = _HistoryStages(bench, row, base, len(seeds), n)
+        outcome = spec.protocol.run(stages, dict(row.method_kwargs))
+        for i in range(len(seeds)):
+            if outcome.stage is not None:
+                out.append((bench.table_metrics(stages.evaluations[outcome.stage][i]), stages.counts[outcome.stage]))
+                continue
+            metrics: dict = {}
+            for t, stage in enumerate(outcome.task_stages):
+                metrics.update(bench.single_task_metrics(t, stages.evaluations[stage][i]))
+            if bench.combine_single_task is not None and metrics:
+                metrics = bench.combine_single_task(metrics)
+            out.append((metrics, min(stages.counts[s] for s in outcome.task_stages)))
+    return out
+
+
+def average_last_epochs(bench: Benchmark, settings: RunSettings, rows: Sequence[Row], row_results: Sequence[Mapping],
+                        workdir: str, n: int) -> list:
+    """``row_results`` with every run's metrics replaced by the mean of its last ``n`` epochs' evaluations
+    (MTAN, Nash-MTL, FAMO report the mean of the last 10 epochs), read from each run's ``metrics.jsonl``;
+    each seed's "evaluations_averaged" says how many there were (fewer than ``n`` when the run had fewer
+    epochs). Failed runs, and rows whose histories cannot be read (the reason on stderr), keep their
+    final-epoch numbers.
+    """
+    out = []
+    for row, result in zip(rows, row_results):
+        per_seed = [dict(s) for s in result["per_seed"]]
+        if all(s["status"] != "failed" for s in per_seed):
+            try:
+                averaged = _row_last_epochs(bench, settings, row, workdir, n)
+            except (ValueError, KeyError, TypeError, OSError) as error:
+                print(f"row {row.key!r}: final-epoch numbers kept; the last {n} evaluations could not be read: "
+                      f"{error}", file=sys.stderr)
+                averaged = None
+            if averaged is not None and len(averaged) == len(per_seed):
+                for entry, (metrics, count) in zip(per_seed, averaged):
+                    entry["metrics"] = metrics
+                    entry["evaluations_averaged"] = count
+        out.append({**result, "per_seed": per_seed})
+    return out
