@@ -232,3 +232,31 @@ def test_eval_step_evaluates_as_the_method_says_also_vmapped_over_seeds():
         np.testing.assert_allclose(sums[s], expected, rtol=1e-5, atol=1e-5)
         unrotated = plain(state, metrics.init(), batch)
         assert not np.allclose(unrotated, expected, atol=1e-3)  # the rotation matters on this model
+
+
+def test_a_model_without_encode_decode_trains_with_cosreg_and_refuses_rotograd():
+    """A user model with only ``__call__``: the problem has no encode / decode, CosReg's default takes its
+    generic exact path (same step as implementation="fast"), and RotoGrad says it needs the split."""
+    import flax.linen as nn
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            h = nn.tanh(nn.Dense(4, name="encoder")(x.reshape(x.shape[0], -1)))
+            return nn.Dense(1, name="head0")(h)[:, 0], nn.Dense(1, name="head1")(h)[:, 0]
+
+    def losses(outputs, batch):
+        return jnp.stack([jnp.mean((outputs[t] - batch["y"][:, t]) ** 2) for t in range(2)])
+
+    model = Plain()
+    batch = {"image": jnp.linspace(-1, 1, 12).reshape(4, 3), "y": jnp.linspace(0, 1, 8).reshape(4, 2)}
+    params = model.init(jax.random.key(0), batch["image"])["params"]
+    problem = training.make_problem(model, losses, {}, last_shared="encoder", shared="encoder")
+    assert problem.encode is None and problem.decode is None
+    steps = [get_method("cosreg", alpha=1.0, implementation=impl).step(problem, params, (), batch, jax.random.key(1))
+             for impl in ("auto", "fast")]
+    for a, b in zip(jax.tree.leaves(steps[0].grads), jax.tree.leaves(steps[1].grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises((ValueError, TypeError), match="encode"):
+        rotograd = get_method("rotograd", latent_size=4)
+        rotograd.step(problem, params, rotograd.init(params, 2), batch, jax.random.key(1))

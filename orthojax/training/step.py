@@ -46,8 +46,9 @@ def make_problem(
     ``encode`` carries them (updated by the encoder) to ``decode`` inside its extras.
 
     Args:
-      model: Flax module with ``__call__(x, train)``, ``encode(x, train)`` and ``decode(zs, extras, train)``
-        (the last two are only needed by representation-level methods).
+      model: Flax module with ``__call__(x, train)``, and optionally ``encode(x, train)`` and
+        ``decode(zs, extras, train)`` (without them the problem has no encode / decode: methods that
+        need the split, such as RotoGrad, say so; CosReg uses its generic exact path).
       task_losses: ``fn(outputs: tuple, batch) -> (T,)`` losses.
       batch_stats: BatchNorm statistics the forward pass starts from ({} when none).
       last_shared, shared: selectors of the last shared layer and of all shared parameters.
@@ -66,6 +67,8 @@ def make_problem(
     def forward(params, batch, rng):
         return apply(params, batch_stats, rng, batch[input_key])
 
+    split = callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+
     def encode(params, batch, rng):
         (zs, extras), stats = apply(params, batch_stats, rng, batch[input_key], method="encode")
         return zs, (extras, stats)
@@ -76,7 +79,9 @@ def make_problem(
         return task_losses(tuple(outputs), batch), stats
 
     return MultiTaskProblem(
-        task_losses=from_outputs(forward, task_losses), last_shared=last_shared, shared=shared, encode=encode, decode=decode
+        task_losses=from_outputs(forward, task_losses), last_shared=last_shared, shared=shared,
+        # representation-level methods (and CosReg's split path) only where the model has the split
+        encode=encode if split else None, decode=decode if split else None
     )
 
 
