@@ -28,6 +28,7 @@ REQUIRED = {
     "rotograd": dict(latent_size=FEATURES),
     "rotograd_norm": dict(latent_size=FEATURES),
     "recon": dict(layers=("encoder/conv1",)),
+    "trimmed_mean": dict(trim_number=0),
 }
 
 
