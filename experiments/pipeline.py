@@ -18,7 +18,7 @@ from experiments.configs import ExperimentConfig, config_changes, method_key, sa
 from experiments.report import (
     Column, comparison, failed_runs, row_label, step_time, summarize, training_lines, write_plots, write_results,
 )
-from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_table
+from experiments.runner import Benchmark, Row, RunInterrupted, RunSettings, check_table, run_context, run_table
 from experiments.runner import _eval_batches, _optimizer, _steps_per_epoch  # as the runs were trained
 from orthojax.data import steps_per_epoch
 from orthojax.diagnostics import pairwise_cosines, phi_stats
@@ -30,7 +30,8 @@ from orthojax.training import (
 )
 
 __all__ = ["EXIT_FAILED_RUNS", "Table", "average_last_epochs", "check_config", "check_rows", "command_scope",
-           "compilation_cache_dir", "evaluate_table", "protocol_lines", "run_benchmark", "run_command", "run_experiment",
+           "compilation_cache_dir", "evaluate_table", "missing_hyperparameters", "protocol_lines", "run_benchmark",
+           "run_command", "run_experiment",
            "run_parsed", "run_settings", "setup_runtime", "split_unsupported", "table_rows"]
 
 EXIT_FAILED_RUNS = 1
@@ -163,9 +164,28 @@ def command_scope(workdir: str) -> Iterator[StopRequest]:
                 lock.release()
 
 
+def missing_hyperparameters(bench: Benchmark, settings: RunSettings, row: Row) -> Optional[str]:
+    """Why ``row`` cannot be built, when its method has required hyper-parameters that neither the row nor
+    the run gives (e.g. a trimmed mean's ``trim_number``); None when it has them all."""
+    spec = method_spec(row.method)
+    if spec.protocol is not None:
+        return None  # a protocol gives its stages their hyper-parameters (checked with its plan)
+    try:
+        context = run_context(bench, settings, bench.build_model(dict(row.model_kwargs)), row.model_kwargs)
+    except (TypeError, ValueError):
+        return None  # the model's own error is raised, with its message, by the table's check
+    given = spec.complete(row.method_kwargs, context)
+    missing = [hp.name for hp in spec.hyperparameters if hp.required and hp.name not in given]
+    if not missing:
+        return None
+    return (f"{spec.name} needs {', '.join(missing)} (no default); give "
+            + " ".join(f"--set methods.{spec.name}.{name}=VALUE" for name in missing))
+
+
 def split_unsupported(rows: Sequence[Row], unsupported: Optional[Callable[[Row], Optional[str]]]
                       ) -> tuple[list[Row], dict[str, str]]:
-    """The rows the benchmark's model can run, and {label: reason} for those it cannot.
+    """The rows that can run, and {label: reason} for those that cannot (``unsupported(row)``: the reason,
+    or None).
 
     Raises:
       ValueError: no row can run (the message gives every reason).
@@ -220,7 +240,8 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
         when a signal stopped the command (no results written; ``--resume`` continues it).
     """
     rows, settings = check_rows(rows, settings)  # every row, before the first one trains
-    rows, not_run = split_unsupported(rows, unsupported)
+    rows, not_run = split_unsupported(
+        rows, lambda row: (unsupported(row) if unsupported else None) or missing_hyperparameters(bench, settings, row))
     WorkdirLock(workdir).check()  # another command on this workdir: said first
     check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
     primary = jax.process_index() == 0

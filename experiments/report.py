@@ -45,6 +45,8 @@ ROW_LABELS = {
     "famo": "FAMO", "rotograd": "RotoGrad", "rotograd_norm": "RotoGrad (normalised)", "rotate_only": "Rotate only",
     "recon": "Recon", "nash_mtl": "Nash-MTL", "fairgrad": "FairGrad", "rlw": "RLW", "stch": "STCH",
     "db_mtl": "DB-MTL", "excess_mtl": "ExcessMTL", "gls": "GLS", "modo": "MoDo", "imtl": "IMTL",
+    "config": "ConFIG", "graddrop": "GradDrop", "gradvac": "GradVac", "mean": "Mean", "sum": "Sum", "moco": "MoCo",
+    "sdmgrad": "SDMGrad", "trimmed_mean": "Trimmed mean", "krum": "Krum",
 }
 """Row labels by registry name: one name per method in every experiment's tables."""
 

@@ -90,7 +90,7 @@ def test_multidigit_sweep_writes_figure_3_points_and_plot(tmp_path):
     for p in points:
         assert p["sigma"] >= 0.0 and 0.0 <= p["accuracy"] <= 100.0 and p["batch_size"] == 32 and p["lr"] == 1e-3
     assert (workdir / "plots" / "accuracy_vs_first_epoch_sigma.png").stat().st_size > 0
-    assert set(sweep["pearson_r"]) == {"all", "No reg"}
+    assert set(sweep["pearson_r"]) == {"all", "Equal weights"}
 
 
 def test_sweep_correlations_against_numpy_per_label_and_degenerate_groups():
