@@ -68,6 +68,23 @@ def _legend_below(ax, ncol: int = 1) -> None:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize="small", frameon=False)
 
 
+def _figure_legend(fig: Figure, axes: Sequence[Any], title: Optional[str] = None) -> None:
+    """One legend for the figure under all its panels (each label once, in first-seen order)."""
+    handles: dict = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=max(1, min(6, len(handles))), fontsize="small", frameon=False, title=title or None,
+               title_fontsize="small")
+
+
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _check_pair_names(pair_names: Optional[Sequence[str]], n_pairs: int) -> list[str]:
     if pair_names is None:
         return [f"pair {k}" for k in range(n_pairs)] if n_pairs > 1 else [""]
@@ -277,11 +294,20 @@ def plot_rolling_sigma(cosines_by_method: Mapping[str, Any], path: str | Path, w
         ax.set_xlabel("iteration (end of window)")
         ax.set_ylabel(f"σ of cosines (window {window})")
         ax.set_ylim(bottom=0.0)
+        _integer_steps(ax)
         if names[k]:
             ax.set_title(names[k])
-        _legend_below(ax, ncol=min(3, len(data)))
     fig.suptitle(title)
+    _figure_legend(fig, axes[0])
     return _save(fig, path)
+
+
+def _minor_log_label(y: float, _pos: Any = None) -> str:
+    """Minor ticks of a log axis labelled at 2 and 5 times a power of ten only (the others crowd)."""
+    if y <= 0:
+        return ""
+    mantissa = y / 10.0 ** math.floor(math.log10(y))
+    return f"{y:.3g}" if round(mantissa, 6) in (2.0, 5.0) else ""
 
 
 def _moving_average(v: np.ndarray, width: int) -> np.ndarray:
@@ -371,30 +397,26 @@ def plot_training_curves(history_by_method: Mapping[str, Mapping[str, Sequence[f
         values = np.concatenate([v for _, v in by_method.values()])
         values = values[np.isfinite(values)]
         if log_y and values.size and np.all(values > 0):
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.3g}"))  # 0.2, not 2 x 10^-1
+            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
         ax.set_title(key)
         ax.set_xlabel(xlabel)
+        _integer_steps(ax)
         if ylabel:
             ax.set_ylabel(ylabel)
         ax.grid(True, linewidth=0.4, alpha=0.5)
     for ax in flat[n:]:
         ax.set_visible(False)
-    handles = {}
-    for ax in flat[:n]:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
     if title:
         fig.suptitle(title)
     caption = [note] if note else []
     if smooth > 1:
         caption.append(f"bold: trailing mean over {smooth} points; faint: every value")
-    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(4, len(handles)), fontsize="small", frameon=False,
-               title="\n".join(caption) or None, title_fontsize="small")
-    p = _check_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, format="png", bbox_inches="tight", pad_inches=0.15)  # "tight": the legend below is kept
-    return p
+    _figure_legend(fig, flat[:n], "\n".join(caption))
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_sigma(points: Sequence[Mapping[str, Any]], path: str | Path,
