@@ -402,6 +402,9 @@ def plot_training_curves(history_by_method: Mapping[str, Mapping[str, Sequence[f
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.3g}"))  # 0.2, not 2 x 10^-1
             ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+        xs = np.concatenate([x for x, _ in by_method.values()])
+        if np.ptp(xs) < 2:  # one or two evaluations: a readable step axis around them
+            ax.set_xlim(xs.min() - 1, xs.max() + 1)
         ax.set_title(key)
         ax.set_xlabel(xlabel)
         _integer_steps(ax)
