@@ -276,7 +276,8 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
                                   max_steps=settings.max_steps, protocol_steps=protocol_steps)
         if primary:
             try:
-                plots = write_plots(workdir, row_results, title)
+                plots, plot_notes = write_plots(workdir, row_results, title, bench=bench, columns=columns)
+                notes = [*notes, *plot_notes]
             except Exception as error:
                 traceback.print_exc()
                 plots, notes = [], [*notes, f"Plots not written: {type(error).__name__}: {error}"]

@@ -203,39 +203,15 @@ def write_results(workdir: str, *, title: str, data_info: Mapping, protocol: Map
         f.write("\n".join(lines) + "\n")
 
 
-def write_plots(workdir: str, row_results: Sequence[Mapping], title: str, window: int = 50) -> list[str]:
-    """Figures 2/4 (cosine distributions), 5 (rolling sigma) and training curves, in ``workdir/plots``."""
-    plots = os.path.join(workdir, "plots")
-    cosines = {}
-    curves = {}
-    for row in row_results:
-        pooled = [np.asarray(s["cosines"], dtype=np.float64) for s in row["per_seed"] if len(s["cosines"])]
-        if pooled:
-            first = pooled[0]
-            first = first[:, 0] if first.ndim == 2 else first
-            first = first[np.isfinite(first)]
-            if first.size:
-                cosines[row["label"]] = first
-        runs = [s for s in row["per_seed"] if s["loss"]]
-        if runs:
-            # skipped (non-finite) steps are gaps in the curve, and counted in its label
-            loss = np.asarray(runs[0]["loss"], dtype=np.float64)
-            loss = loss.reshape(len(loss), -1).mean(axis=1)
-            skipped = int(np.sum(~np.isfinite(loss)))
-            if np.isfinite(loss).any():
-                label = row["label"] + (f" ({skipped} non-finite steps skipped)" if skipped else "")
-                curves[label] = {"loss": loss.tolist()}
-    written = []
-    if cosines:
-        written.append(str(plot_cosine_distributions(cosines, os.path.join(plots, "cosine_distributions.png"),
-                                                     title=f"{title}\ntask-gradient cosines (first task pair, seed 0)")))
-        if min(len(v) for v in cosines.values()) >= window:
-            written.append(str(plot_rolling_sigma(cosines, os.path.join(plots, "rolling_sigma.png"), window=window,
-                                                  title=f"{title}\nrolling σ of cosines ({window} iterations)")))
-    if curves:
-        written.append(str(plot_training_curves(curves, os.path.join(plots, "training_curves.png"),
-                                                title=f"{title}: training loss")))
-    return written
+def write_plots(workdir: str, row_results: Sequence[Mapping], title: str, *, bench: Any = None,
+                columns: Optional[Sequence[Column]] = None, window: Optional[int] = None
+                ) -> tuple[list[str], list[str]]:
+    """The run's figures in ``workdir/plots`` and the notes results.md prints for those not drawn
+    (:func:`experiments.plots.write_plots`: per-task losses, evaluation per epoch, per-task gradient norms,
+    cosine distributions, rolling sigma)."""
+    from experiments import plots  # the figures read each run's metrics.jsonl
+
+    return plots.write_plots(workdir, row_results, title, bench=bench, columns=columns, window=window)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_skipped_nonfinite_steps_are_counted_reported_and_resumable(tmp_path):
     assert row["nonfinite_steps"] == [2] and row["steps"] == [12] and not row["failed"]
     assert row["sigma"]["mean"] is not None and np.isfinite(row["sigma"]["mean"])  # NaN cosines left out
     assert "**Skipped steps**" in text and "equal: seed 0: 2 of 12 steps" in text
-    assert any(p.endswith("training_curves.png") for p in results["plots"])
+    assert any(p.endswith("task_losses.png") for p in results["plots"])
     summary = json.load(open(os.path.join(workdir, "equal", "seed_0", "summary.json")))
     assert summary["skipped"] == [2] and summary["status"] == "completed"
     run_tiny_table(workdir, ["equal"], bench=bench, epochs=2, resume=True)
