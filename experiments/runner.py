@@ -265,7 +265,7 @@ def _train(bench: Benchmark, settings: RunSettings, workdir: str, method_name: s
         sample_batch=sample, last_shared=model.last_shared_layer(), shared=_shared_path(model),
         eval_batches=_eval_batches(bench, settings),
         eval_metrics=bench.eval_metrics, init_variables=bench.init_variables, run_config=spec.run_config,
-        may_change=SETTINGS_MAY_CHANGE,
+        may_change=SETTINGS_MAY_CHANGE, task_names=bench.task_names,
     )
     history = result.history
     if history.status == "interrupted":

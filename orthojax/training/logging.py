@@ -127,7 +127,9 @@ TAG_NAMES = {"loss": "objective", "task_losses": "loss", "grad_norms": "task_gra
 
 _NOT_SCALARS = ("kind", "step", "epoch")
 
-_STATUS = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_ABORTED", "nonfinite": "STATUS_FAILURE",
+# the hparams plugin's session statuses (tensorboardX's proto has no "aborted": an interrupted run, to be
+# resumed, is "unknown")
+_STATUS = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "nonfinite": "STATUS_FAILURE",
            "running": "STATUS_RUNNING"}
 
 

@@ -247,12 +247,14 @@ def _train(run: _Run, state: TrainState, history: History, train_batches: Callab
 
 # ----------------------------------------------------------------------------- set-up
 def _open_writer(config: TrainConfig, workdir: str, primary: bool, latest: Optional[int], restart: bool,
-                 run_config: Optional[Mapping[str, Any]]) -> MetricWriter:
+                 run_config: Optional[Mapping[str, Any]],
+                 task_names: Optional[Sequence[str]] = None) -> MetricWriter:
     """Writes ``config.json`` and opens ``metrics.jsonl`` truncated to the restored step (to step 0 when
     an earlier run stopped before its first checkpoint)."""
     if primary:
         write_config(workdir, config_record(config, run_config))
-    writer = MetricWriter(workdir, tensorboard=config.tensorboard, enabled=primary)
+    writer = MetricWriter(workdir, tensorboard=config.tensorboard, enabled=primary, task_names=task_names,
+                          num_seeds=config.num_seeds, hparams=config_record(config, run_config))
     if latest is not None or restart:
         writer.truncate_after(latest or 0)
     if restart and primary:
@@ -294,6 +296,7 @@ def train_and_evaluate(
     run_config: Optional[Mapping[str, Any]] = None,
     init_variables: Optional[Callable[[dict], dict]] = None,
     may_change: Sequence[str] = (),
+    task_names: Optional[Sequence[str]] = None,
 ) -> TrainResult:
     """Trains, evaluates, checkpoints and logs one run (or S vmapped seeds) in ``workdir``.
 
@@ -324,6 +327,8 @@ def train_and_evaluate(
         state is re-initialised from the result. Not applied when resuming.
       may_change: names in ``config.json`` (e.g. "settings.progress") that may differ on resume besides
         :data:`RESUMABLE_CHANGES`.
+      task_names: the T task names, in output order, for the TensorBoard tags ("train/loss/<name>",
+        "eval/<name>/..."); default: the task indices.
 
     Returns:
       :class:`TrainResult` (final state, history of the whole run). ``history.status`` is "interrupted"
@@ -362,7 +367,7 @@ def train_and_evaluate(
         else:
             state = initial_state(init, keys, sharding, init_variables, optimizer, config.num_seeds)
             history = History()
-        writer = _open_writer(config, workdir, primary, latest, restart, run_config)
+        writer = _open_writer(config, workdir, primary, latest, restart, run_config, task_names)
         stack.callback(writer.close)
         stack.callback(checkpointer.close)  # first: its last saves log "checkpoint" records to the writer
         checkpointer.on_saved = lambda step: (writer.write({"kind": "checkpoint", "step": step}), writer.flush())
