@@ -118,7 +118,7 @@ def findings(summary: Sequence[Mapping]) -> str:
     pooled standard deviation; with fewer seeds it is what happened "on this run (n seeds, m steps)"
     (:func:`experiments.report.finding`)."""
     by = {e["row"]: e for e in summary}
-    steps = max((int(s) for e in summary for s in e.get("steps", []) if s is not None), default=None)
+    steps = min((int(s) for e in summary for s in e.get("steps", []) if s is not None), default=None)  # per run
 
     def sigma(key):
         return by[key]["sigma"] if key in by else None
