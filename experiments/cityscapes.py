@@ -68,15 +68,18 @@ def unsupported_row(arch: str, row: Row) -> Optional[str]:
     """Why ``row`` cannot run on the ``arch`` model, or None.
 
     SegNet-MTAN has neither ``dropout_rate`` nor ``task_specific_layers``: a row setting a model option it
-    lacks, or a method whose protocol retrains with task-specific layers (Recon), cannot run on it.
+    lacks, or a method that needs one (its registry entry's ``model_options``: Recon retrains with
+    task-specific layers), cannot run on it.
     """
     fields = {f.name for f in dataclasses.fields(_MODELS[arch])}
     missing = sorted(set(row.model_kwargs) - fields)
     if missing:
         return f"{_MODELS[arch].__name__} has no {', '.join(missing)}"
-    if arch == "mtan" and method_spec(row.method).name == "recon":
-        return ("Recon retrains with the conflicting shared layers made task-specific (the model's "
-                "task_specific_layers), which SegNet-MTAN does not have; run it with --arch segnet")
+    spec = method_spec(row.method)
+    needed = sorted(set(spec.model_options) - fields)
+    if needed:
+        return (f"{spec.label} needs the model option(s) {', '.join(needed)}, which "
+                f"{_MODELS[arch].__name__} does not have; run it with --arch segnet")
     return None
 
 

@@ -24,9 +24,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from orthojax.plots import plot_cosine_distributions, plot_rolling_sigma, plot_training_curves
+from orthojax.methods import method_spec
 
-__all__ = ["Column", "MIN_FINDING_SEEDS", "ROW_LABELS", "TRIVIAL_LABEL", "comparison", "failed_runs", "finding",
+__all__ = ["Column", "MIN_FINDING_SEEDS", "TRIVIAL_LABEL", "comparison", "failed_runs", "finding",
            "mean_ranks", "mean_std", "reference_check", "row_label", "step_time", "summarize", "training_lines",
            "write_plots", "write_results"]
 
@@ -38,22 +38,14 @@ TRIVIAL_LABEL = "Trivial predictor"
 MIN_FINDING_SEEDS = 3
 """Seeds each side of a comparison needs before it is stated as a finding."""
 
-ROW_LABELS = {
-    "single_task": "Single task", "equal": "Equal weights", "gradnorm": "GradNorm",
-    "uncertainty": "Uncertainty (Kendall)", "cosreg": "CosReg", "dwa": "DWA", "mgda": "MGDA", "pcgrad": "PCGrad",
-    "cagrad": "CAGrad", "imtl_g": "IMTL-G", "aligned_mtl": "Aligned-MTL", "upgrad": "UPGrad", "dualproj": "DualProj",
-    "famo": "FAMO", "rotograd": "RotoGrad", "rotograd_norm": "RotoGrad (normalised)", "rotate_only": "Rotate only",
-    "recon": "Recon", "nash_mtl": "Nash-MTL", "fairgrad": "FairGrad", "rlw": "RLW", "stch": "STCH",
-    "db_mtl": "DB-MTL", "excess_mtl": "ExcessMTL", "gls": "GLS", "modo": "MoDo", "imtl": "IMTL",
-    "config": "ConFIG", "graddrop": "GradDrop", "gradvac": "GradVac", "mean": "Mean", "sum": "Sum", "moco": "MoCo",
-    "sdmgrad": "SDMGrad", "trimmed_mean": "Trimmed mean", "krum": "Krum",
-}
-"""Row labels by registry name: one name per method in every experiment's tables."""
-
-
 def row_label(method: str) -> str:
-    """The table label of a row running ``method`` (a registry name; other names are shown as given)."""
-    return ROW_LABELS.get(method, method)
+    """The table label of a row running ``method``: the method's own label (its registry entry's
+    ``label``, e.g. "Nash-MTL"), so that a method has one name in every experiment's tables; names the
+    registry does not know are shown as given."""
+    try:
+        return method_spec(method).label
+    except (KeyError, TypeError):
+        return method
 
 
 def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:

@@ -264,3 +264,30 @@ def test_outcome_needs_exactly_one_of_stage_and_task_stages():
         Outcome()
     with pytest.raises(ValueError, match="exactly one"):
         Outcome(stage="a", task_stages=("a",))
+
+
+def test_every_method_has_one_distinct_label_and_states_its_model_options():
+    labels = {name: method_spec(name).label for name in method_names()}
+    assert all(isinstance(label, str) and label for label in labels.values())
+    assert len(set(labels.values())) == len(labels), labels
+    assert labels["nash_mtl"] == "Nash-MTL" and labels["equal"] == "Equal weights"
+    assert method_spec("recon").model_options == ("task_specific_layers",)
+    assert method_spec("cosreg").model_options == ()
+
+
+def test_register_takes_a_label_and_model_options():
+    name = "test_labelled_method"
+
+    def factory(scale: float = 1.0):
+        """A labelled test method."""
+        return build_method("equal")
+
+    try:
+        spec = register(name, factory, label="Labelled (test)", model_options=("dropout_rate",))
+        assert spec.label == "Labelled (test)" and spec.model_options == ("dropout_rate",)
+        assert method_spec(name).label == "Labelled (test)"
+    finally:
+        registry._SPECS.pop(name, None)
+        registry.METHODS.pop(name, None)
+    spec_default = registry._make_spec("unregistered_x", factory, (), None, None, None)
+    assert spec_default.label == "unregistered_x" and spec_default.model_options == ()

@@ -86,9 +86,17 @@ _AGGREGATOR_ALIASES = {
     "aligned_mtl": ("alignedmtl",),
 }
 
+# their names as the field's tables write them
+_AGGREGATOR_LABELS = {
+    "mgda": "MGDA", "pcgrad": "PCGrad", "imtl_g": "IMTL-G", "aligned_mtl": "Aligned-MTL", "upgrad": "UPGrad",
+    "dualproj": "DualProj", "cagrad": "CAGrad", "nash_mtl": "Nash-MTL", "fairgrad": "FairGrad", "gradvac": "GradVac",
+    "graddrop": "GradDrop", "config": "ConFIG", "krum": "Krum", "trimmed_mean": "TrimmedMean", "sum": "Sum",
+    "mean": "Mean", "constant": "Constant",
+}
+
 for _name, _factory in _AGGREGATORS.items():
     if _name not in METHODS:
-        register(_name, _factory, aliases=_AGGREGATOR_ALIASES.get(_name, ()))
+        register(_name, _factory, aliases=_AGGREGATOR_ALIASES.get(_name, ()), label=_AGGREGATOR_LABELS.get(_name))
 del _name, _factory
 
 __all__ = [

@@ -79,4 +79,4 @@ def cosreg(
 
     return Method(name="cosreg", init=init, step=step)
 
-register("cosreg", cosreg, aliases=("cos_reg",))
+register("cosreg", cosreg, label="CosReg", aliases=("cos_reg",))

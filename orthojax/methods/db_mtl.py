@@ -233,4 +233,4 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> Method:
     return Method(name="db_mtl", init=init, step=step)
 
 
-register("db_mtl", db_mtl, aliases=("dbmtl", "dual_balancing"))
+register("db_mtl", db_mtl, label="DB-MTL", aliases=("dbmtl", "dual_balancing"))

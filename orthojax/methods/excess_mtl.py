@@ -124,4 +124,4 @@ def excess_mtl(robust_step_size: float = 1e-2) -> Method:
     return Method(name="excess_mtl", init=init, step=step)
 
 
-register("excess_mtl", excess_mtl, aliases=("excessmtl",))
+register("excess_mtl", excess_mtl, label="ExcessMTL", aliases=("excessmtl",))

@@ -83,4 +83,4 @@ def gls() -> Method:
     return Method(name="gls", init=init, step=step)
 
 
-register("gls", gls, aliases=("geometric_loss", "geometric_loss_strategy"))
+register("gls", gls, label="GLS", aliases=("geometric_loss", "geometric_loss_strategy"))

@@ -191,4 +191,4 @@ def gradnorm(
 
     return Method(name="gradnorm", init=init, step=step)
 
-register("gradnorm", gradnorm, aliases=("grad_norm",))
+register("gradnorm", gradnorm, label="GradNorm", aliases=("grad_norm",))

@@ -114,4 +114,4 @@ def imtl(learning_rate: float = 1e-3, *, optimizer: Optional[optax.GradientTrans
     return Method(name="imtl", init=init, step=step)
 
 
-register("imtl", imtl, aliases=("imtl_hybrid",))
+register("imtl", imtl, label="IMTL", aliases=("imtl_hybrid",))

@@ -235,5 +235,5 @@ def _dwa_period(context: RunContext) -> int:
     return context.steps_per_epoch
 
 
-register("dwa", dwa, context={"period": _dwa_period})
-register("famo", famo)
+register("dwa", dwa, label="DWA", context={"period": _dwa_period})
+register("famo", famo, label="FAMO")

@@ -184,4 +184,4 @@ def moco(
     return Method(name="moco", init=init, step=step)
 
 
-register("moco", moco)
+register("moco", moco, label="MoCo")

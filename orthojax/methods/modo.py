@@ -162,4 +162,4 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> Method:
     return Method(name="modo", init=init, step=step)
 
 
-register("modo", modo)
+register("modo", modo, label="MoDo")

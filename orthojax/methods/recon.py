@@ -445,4 +445,5 @@ def _model_layers(context: RunContext) -> Optional[tuple]:
     return tuple(context.shared_layer_names) or None
 
 
-register("recon", recon, context={"layers": _model_layers}, protocol=RECON_PROTOCOL)
+register("recon", recon, label="Recon", context={"layers": _model_layers}, protocol=RECON_PROTOCOL,
+         model_options=("task_specific_layers",))

@@ -81,4 +81,4 @@ def rlw() -> Method:
     return Method(name="rlw", init=init, step=step)
 
 
-register("rlw", rlw, aliases=("random_loss_weighting", "random_weighting"))
+register("rlw", rlw, label="RLW", aliases=("random_loss_weighting", "random_weighting"))

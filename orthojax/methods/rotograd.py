@@ -416,6 +416,7 @@ def _learning_rate(context: RunContext) -> float:
 
 _CONTEXT = {"latent_size": _latent_size, "learning_rate": _learning_rate}
 
-register("rotate_only", rotate_only, aliases=("rotograd_only_rotation", "rotation_only"), context=_CONTEXT)
-register("rotograd", rotograd, aliases=("roto_grad",), context=_CONTEXT)
-register("rotograd_norm", rotograd_norm, context=_CONTEXT)
+register("rotate_only", rotate_only, label="Rotate only", aliases=("rotograd_only_rotation", "rotation_only"),
+         context=_CONTEXT)
+register("rotograd", rotograd, label="RotoGrad", aliases=("roto_grad",), context=_CONTEXT)
+register("rotograd_norm", rotograd_norm, label="RotoGrad (normalised)", context=_CONTEXT)

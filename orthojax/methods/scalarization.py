@@ -104,6 +104,6 @@ def _single_task_run(stages: Stages, hyperparameters: Mapping[str, Any]) -> Outc
 SINGLE_TASK_PROTOCOL = MultiStage(plan=_single_task_stages, run=_single_task_run)
 """Single-task learning as a table row: one run per task (stage "task_<t>"); task t's columns from run t."""
 
-register("equal", equal, aliases=("ew", "equal_weight", "equal_weights", "equal_weighting", "equally_weighted"))
-register("single_task", single_task, aliases=("stl", "single", "single_task_learning"),
+register("equal", equal, label="Equal weights", aliases=("ew", "equal_weight", "equal_weights", "equal_weighting", "equally_weighted"))
+register("single_task", single_task, label="Single task", aliases=("stl", "single", "single_task_learning"),
          protocol=SINGLE_TASK_PROTOCOL)

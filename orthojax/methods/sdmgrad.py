@@ -219,4 +219,4 @@ def sdmgrad(
     return Method(name="sdmgrad", init=init, step=step)
 
 
-register("sdmgrad", sdmgrad, aliases=("sdm_grad",))
+register("sdmgrad", sdmgrad, label="SDMGrad", aliases=("sdm_grad",))

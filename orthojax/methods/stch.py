@@ -164,4 +164,4 @@ def _steps_per_epoch(context: RunContext) -> int:
     return context.steps_per_epoch
 
 
-register("stch", stch, aliases=("smooth_tchebycheff",), context={"steps_per_epoch": _steps_per_epoch})
+register("stch", stch, label="STCH", aliases=("smooth_tchebycheff",), context={"steps_per_epoch": _steps_per_epoch})

@@ -122,5 +122,5 @@ def uncertainty(
 
     return Method(name="uncertainty", init=init, step=step)
 
-register("uncertainty", uncertainty, aliases=(
+register("uncertainty", uncertainty, label="Uncertainty (Kendall)", aliases=(
     "uw", "uncertainty_weight", "uncertainty_weights", "uncertainty_weighting"))
