@@ -9,18 +9,19 @@ protocol (:mod:`orthojax.methods.protocol`): one run per task, task t's columns 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.protocol import MultiStage, Outcome, PlannedStage, Stages
 from orthojax.methods.registry import register
 
 PyTree = Any
 
-__all__ = ["equal", "single_task", "weighted_sum"]
+__all__ = ["SingleTaskState", "equal", "single_task", "weighted_sum"]
 
 
 def weighted_sum(weights: Optional[Sequence[float]] = None, *, name: str = "weighted_sum") -> Method:
@@ -54,8 +55,25 @@ def equal() -> Method:
     return weighted_sum(None, name="equal")
 
 
+class SingleTaskState(NamedTuple):
+    """The state of :func:`single_task`.
+
+    Attributes:
+      weights: (T,) the task weights e_task (one-hot), in the parameters' floating dtype. The task is a value
+        of the state, not a constant of the compiled step: the T runs of a single-task row (and their
+        seeds) compile one and the same step program, so the persistent compilation cache serves them all
+        from one entry.
+    """
+
+    weights: jax.Array
+
+
 def single_task(task: int) -> Method:
-    """Trains on task ``task`` alone: minimises L_task (weights e_task).
+    """Trains on task ``task`` alone: minimises L_task = sum_t w_t L_t with w = e_task (one-hot).
+
+    The weights are the method's state (:class:`SingleTaskState`), so the step program does not depend on
+    ``task``. The objective selects the trained loss (``where(w != 0, L, 0)``) before weighting it, so the
+    loss and gradients equal those of ``L_task`` alone, also when another task's loss is not finite.
 
     Args:
       task: the index t of the task trained, 0 <= t < T. A table row of single-task learning trains every
@@ -63,25 +81,33 @@ def single_task(task: int) -> Method:
 
     Raises:
       ValueError: a negative or non-integer index; at ``init``, an index >= T.
+
+    Example::
+
+        method = single_task(1)
+        state = method.init(params, num_tasks=3)   # SingleTaskState(weights=[0., 1., 0.])
     """
-    if not isinstance(task, int) or task < 0:
+    if isinstance(task, bool) or not isinstance(task, int) or task < 0:
         raise ValueError(f"single_task: task must be a non-negative task index; got {task!r}")
 
     base_name = "single_task"
 
-    def init(params: PyTree, num_tasks: int) -> tuple:
+    def init(params: PyTree, num_tasks: int) -> SingleTaskState:
         if task >= num_tasks:
             raise ValueError(f"{base_name}: task index {task} out of range for {num_tasks} tasks")
-        return ()
+        return SingleTaskState(jax.nn.one_hot(task, num_tasks, dtype=param_dtype(params)))
 
-    def step(problem: MultiTaskProblem, params: PyTree, state: tuple, batch: Any, rng: jax.Array) -> MethodStep:
+    def step(problem: MultiTaskProblem, params: PyTree, state: SingleTaskState, batch: Any,
+             rng: jax.Array) -> MethodStep:
+        weights = state.weights
+
         def objective(p):
             losses, aux = task_losses_and_aux(problem, p, batch, rng)
-            return losses[task], (losses, aux)
+            w = weights.astype(losses.dtype)
+            return jnp.dot(w, jnp.where(w != 0, losses, 0)), (losses, aux, w)
 
-        (loss, (losses, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        weights = jax.nn.one_hot(task, losses.shape[0], dtype=losses.dtype)
-        return MethodStep(grads, state, loss, losses, aux, {"task_weights": weights})
+        (loss, (losses, aux, w)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return MethodStep(grads, state, loss, losses, aux, {"task_weights": w})
 
     return Method(name=base_name, init=init, step=step)
 
