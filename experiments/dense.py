@@ -38,6 +38,7 @@ from orthojax.metrics import (
     valid_depth_mask,
     valid_normal_mask,
 )
+from orthojax.metrics.trivial import mean_depth
 from experiments.runner import Row
 from orthojax.training import EvalMetrics
 
@@ -50,8 +51,11 @@ DENSE_ROWS = {
     "cosreg": Row("cosreg", "CosReg", "cosreg"),
 }
 
-__all__ = ["DENSE_ROWS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses",
-           "depth_l1_loss", "exact_normal_median", "tasks_from_info", "trivial_metrics"]
+__all__ = ["DENSE_ROWS", "SEGNET_DEPTH_BIAS", "TaskSpec", "dense_benchmark", "dense_eval_metrics", "dense_task_losses",
+           "depth_l1_loss", "exact_normal_median", "set_leaf", "tasks_from_info", "trivial_metrics"]
+
+SEGNET_DEPTH_BIAS = "params/decoder_depth/out/bias"
+"""The output bias of :class:`orthojax.models.SegNet`'s depth head (its last 1x1 convolution)."""
 
 
 class TaskSpec(NamedTuple):
@@ -206,12 +210,55 @@ def tasks_from_info(info: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
     return tuple(out)
 
 
+def set_leaf(variables: Mapping[str, Any], path: str, value: float) -> dict:
+    """A copy of ``variables`` with the array at ``path`` ("params/decoder_depth/out/bias") filled with
+    ``value``, in that array's dtype; host-side NumPy (no device computation, nothing compiled).
+
+    Only the dictionaries along ``path`` are copied; every other leaf is shared with the input.
+
+    Raises:
+      KeyError: ``path`` is not in ``variables`` (the message names the missing part and what is there).
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise KeyError(f"set_leaf: empty path {path!r}")
+
+    def go(node: Any, depth: int) -> Any:
+        if not isinstance(node, Mapping) or parts[depth] not in node:
+            here = "/".join(parts[:depth]) or "the variables"
+            there = sorted(node) if isinstance(node, Mapping) else type(node).__name__
+            raise KeyError(f"{path!r}: {here} has no {parts[depth]!r} (it has {there})")
+        out = dict(node)
+        if depth + 1 == len(parts):
+            leaf = np.asarray(node[parts[depth]])
+            out[parts[depth]] = np.full(leaf.shape, value, dtype=leaf.dtype)
+        else:
+            out[parts[depth]] = go(node[parts[depth]], depth + 1)
+        return out
+
+    return go(variables, 0)
+
+
+def _compose(*fns: Optional[Callable]) -> Optional[Callable]:
+    """``x -> f_n(...f_1(x))`` over the given functions (None ones skipped); None when there is none."""
+    present = [f for f in fns if f is not None]
+    if not present:
+        return None
+
+    def composed(x):
+        for f in present:
+            x = f(x)
+        return x
+
+    return composed
+
+
 def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any], *,
                     width: float, model_options: Mapping[str, Any], table_metrics: Callable[[Mapping], dict],
                     task_columns: Mapping[str, str], augment: Optional[Callable] = None,
                     vgg16_weights: Optional[str] = None, normal_mask: str = "all_zero",
                     model: Optional[Callable[..., Any]] = None, losses: Optional[Mapping[str, Callable]] = None,
-                    latent_channels: int = 512):
+                    latent_channels: int = 512, depth_bias_path: Optional[str] = None):
     """A SegNet benchmark for the dense tasks in ``info`` (see :class:`experiments.runner.Benchmark`).
 
     Args:
@@ -232,6 +279,16 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
       losses: per-kind loss replacements (see :func:`dense_task_losses`).
       latent_channels: channels of the representation at width 1 (512 for SegNet's encoder output; 64 for
         SegNet-MTAN's attended features), scaled by ``width`` for the runs' context.
+      depth_bias_path: where the depth head's output bias lives in the model's variables. At
+        initialisation (after the VGG16 weights, on the host) it is set to the mean valid training depth
+        (:func:`orthojax.metrics.trivial.mean_depth`: gt != 0), so that the depth head starts at the trivial
+        predictor instead of near 0 m (the usual output-bias initialisation for a regression head). None:
+        :data:`SEGNET_DEPTH_BIAS` for the default SegNet; no initialisation for a ``model`` given (pass its
+        path to have one). Without a "depth" task nothing is set.
+
+    Raises:
+      ValueError: ``normal_mask`` unknown; the training depths hold no valid value.
+      KeyError (at initialisation): ``depth_bias_path`` is not in the model's variables.
     """
     _check_normal_mask(normal_mask)
     from experiments.runner import Benchmark
@@ -259,8 +316,15 @@ def dense_benchmark(name: str, splits: Mapping[str, Mapping[str, np.ndarray]], i
         return {"normal/angle_median": exact_normal_median(apply, variables, batches, keys.index("normal"),
                                                            normal_mask=normal_mask)}
 
-    init_variables = None if vgg16_weights is None else (
-        lambda variables: load_vgg16_weights(variables, vgg16_weights))
+    load_vgg = None if vgg16_weights is None else (lambda variables: load_vgg16_weights(variables, vgg16_weights))
+    bias_path = depth_bias_path
+    if bias_path is None and model is None:
+        bias_path = SEGNET_DEPTH_BIAS
+    set_depth_bias = None
+    if bias_path is not None and "depth" in keys:
+        depth0 = mean_depth(splits["train"]["depth"])
+        set_depth_bias = lambda variables: set_leaf(variables, bias_path, depth0)  # noqa: E731
+    init_variables = _compose(load_vgg, set_depth_bias)
 
     return Benchmark(
         name=name, task_names=tuple(keys), train=splits["train"], eval=splits["test"], build_model=build,

@@ -21,6 +21,7 @@ from experiments.pipeline import Table, protocol_lines, run_command, run_experim
 from experiments.report import reference_check
 from orthojax.data import dense_augment, load_nyuv2, steps_per_epoch
 from orthojax.metrics import NYUV2_HIGHER_IS_BETTER, delta_m
+from orthojax.metrics.trivial import mean_depth
 
 ROWS = DENSE_ROWS
 TABLE2_ROWS = TABLE_ROWS
@@ -143,6 +144,7 @@ def build(config: ExperimentConfig) -> Table:
     protocol = {**protocol_lines(config), "protocol": data.protocol, "SegNet width": model.width,
                 "VGG16 weights": model.vgg16_weights or "none (random init)",
                 "augmentation": "scale-crop + flip" if data.augment else "none",
+                "depth head bias at init": f"mean valid training depth, {mean_depth(splits['train']['depth']):.3f} m",
                 "valid pixels": ("depth gt != 0; normals not all-zero" if data.normal_mask == "all_zero" else
                                  "depth gt != 0; normals: loss not all-zero, metrics channel sum != 0 (MTAN)"),
                 "evaluated on": "test split (MTAN's 'val'), final epoch"}

@@ -19,6 +19,7 @@ from experiments.dense import DENSE_ROWS, dense_benchmark, trivial_metrics
 from experiments.paper_numbers import TABLE3_SUNRGBD
 from experiments.pipeline import Table, protocol_lines, run_command, run_experiment
 from orthojax.data import dense_augment, load_sunrgbd, steps_per_epoch
+from orthojax.metrics.trivial import mean_depth
 
 ROWS = DENSE_ROWS
 TABLE3_ROWS = TABLE_ROWS
@@ -73,6 +74,7 @@ def build(config: ExperimentConfig) -> Table:
     protocol = {**protocol_lines(config), "SegNet width": model.width,
                 "VGG16 weights": model.vgg16_weights or "none (random init)",
                 "augmentation": "horizontal flips" if data.flip else "none",
+                "depth head bias at init": f"mean valid training depth, {mean_depth(splits['train']['depth']):.3f} m",
                 "classes": info["num_classes"], "evaluated on": "test split, final epoch"}
     notes = list(info.get("notes", []))
     if info.get("synthetic"):

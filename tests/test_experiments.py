@@ -226,3 +226,36 @@ def test_help_documents_every_shared_flag_once(experiment, capsys):
         assert flag in text, flag
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "(default: single_task," in text  # the paper's rows, as the user would type them
+
+
+def _dense_info(depth):
+    splits = {s: {"image": np.zeros((len(depth), 4, 4, 3), np.float32), "depth": depth} for s in ("train", "test")}
+    return splits, {"tasks": ("depth",), "num_classes": {}, "target_size": (4, 4)}
+
+
+def test_depth_head_bias_starts_at_the_mean_valid_training_depth():
+    """The benchmark's init_variables sets SegNet's depth output bias to the mean of the non-zero training
+    depths (NumPy oracle), on host arrays, leaving every other leaf as it was; a custom model gets it only
+    from an explicit path, and a wrong path names what is there."""
+    from experiments.dense import dense_benchmark, set_leaf
+
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 6.0, size=(3, 4, 4, 1)).astype(np.float32)
+    depth[0, :2] = 0.0  # missing measurements do not count
+    splits, info = _dense_info(depth)
+    expected = depth.astype(np.float64)[depth != 0].mean()
+    kernel = rng.normal(size=(1, 1, 4, 1)).astype(np.float32)
+    variables = {"params": {"decoder_depth": {"out": {"bias": np.zeros(1, np.float32), "kernel": kernel}}},
+                 "batch_stats": {}}
+    bench = dense_benchmark("t", splits, info, width=1 / 16, model_options={}, table_metrics=dict, task_columns={})
+    out = bench.init_variables(variables)
+    bias = out["params"]["decoder_depth"]["out"]["bias"]
+    assert isinstance(bias, np.ndarray) and bias.dtype == np.float32
+    np.testing.assert_allclose(bias, [expected], rtol=1e-6)
+    assert out["params"]["decoder_depth"]["out"]["kernel"] is kernel
+    assert variables["params"]["decoder_depth"]["out"]["bias"][0] == 0.0  # the input is not modified
+    custom = dense_benchmark("t", splits, info, width=1, model_options={}, table_metrics=dict, task_columns={},
+                             model=lambda **kw: None)
+    assert custom.init_variables is None
+    with pytest.raises(KeyError, match="params/decoder_depth has no 'head'"):
+        set_leaf(variables, "params/decoder_depth/head/bias", 1.0)
