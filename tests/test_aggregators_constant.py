@@ -10,7 +10,9 @@ from orthojax.aggregators.constant import constant, mean_aggregator, sum_aggrega
 
 def _make(params):
     kind = params["kind"]
-    return {"sum": sum_aggregator, "mean": mean_aggregator}[kind]() if kind != "constant" else constant(params["weights"])
+    if kind == "constant":
+        return constant(params["weights"])
+    return {"sum": sum_aggregator, "mean": mean_aggregator}[kind]()
 
 
 def test_matches_torchjd_golden(x64):
@@ -26,7 +28,9 @@ def test_matches_torchjd_live(x64):
     agg = pytest.importorskip("torchjd.aggregation")
     J = np.random.default_rng(3).normal(size=(4, 6))
     w = [0.3, -1.0, 2.0, 0.0]
-    for ours, ref in [(sum_aggregator(), agg.Sum()), (mean_aggregator(), agg.Mean()), (constant(w), agg.Constant(torch.tensor(w, dtype=torch.float64)))]:
+    pairs = [(sum_aggregator(), agg.Sum()), (mean_aggregator(), agg.Mean()),
+             (constant(w), agg.Constant(torch.tensor(w, dtype=torch.float64)))]
+    for ours, ref in pairs:
         d, _ = ours(jnp.asarray(J))
         np.testing.assert_allclose(np.asarray(d), ref(torch.tensor(J)).numpy(), rtol=1e-12, atol=1e-12)
 

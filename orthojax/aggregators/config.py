@@ -97,7 +97,10 @@ def config(pref: Optional[Any] = None) -> Aggregator:
       called).
 
     Example:
-      >>> d, _ = config()(J)  # <d, g_t> > 0 for all t when the g_t are linearly independent
+      >>> J = jnp.array([[1.0, 0.0], [-0.5, 1.0]])
+      >>> d, _ = config()(J)
+      >>> bool(jnp.all(J @ d > 0))  # no conflict: <d, g_t> > 0 for every task
+      True
     """
     pref_np = None
     if pref is not None:

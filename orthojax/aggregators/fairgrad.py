@@ -94,7 +94,11 @@ def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int =
       TypeError / ValueError: bad hyper-parameters (at once).
 
     Example:
-      >>> d, _ = fairgrad(alpha=2.0)(J)
+      >>> J = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> d, _ = fairgrad(alpha=1.0)(J)           # alpha = 1: <g_t, d> = 1 / w_t
+      >>> w = fairgrad().with_info(J).info["task_weights"]
+      >>> bool(jnp.allclose(w * (J @ d), 1.0, rtol=1e-3))
+      True
     """
     alpha = _check_alpha(alpha, "fairgrad")
     _check_solver(tol, max_iter, "fairgrad")

@@ -71,7 +71,10 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
         called).
 
     Example:
+      >>> J = jnp.array([[1.0, -2.0], [3.0, 4.0]])
       >>> d, _ = graddrop()(J, key=jax.random.key(0))
+      >>> d.shape                                 # each column keeps its positive or its negative entries
+      (2,)
     """
     if f is not None and not callable(f):
         raise TypeError(f"graddrop: f must be a callable or None; got {f!r}")

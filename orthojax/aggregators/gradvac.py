@@ -148,7 +148,11 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8, *, shuffle: bool = True) -> Ag
 
     Example:
       >>> agg = gradvac()
-      >>> d, state = agg(J, None, key=k1); d, state = agg(J2, state, key=k2)
+      >>> J = jnp.array([[1.0, 0.0], [-0.5, 1.0]])
+      >>> d, state = agg(J, None, key=jax.random.key(0))
+      >>> d, state = agg(2.0 * J, state, key=jax.random.key(1))   # the targets carried over
+      >>> state.targets.shape
+      (2, 2)
     """
     beta = _check_float(beta, "beta", 0.0, 1.0)
     eps = _check_float(eps, "eps", 0.0, np.inf)

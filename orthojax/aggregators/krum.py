@@ -112,7 +112,10 @@ def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Agg
       ValueError: n_byzantine < 0 or n_selected < 1 (at once); too few tasks (when called).
 
     Example:
-      >>> d, _ = krum(n_byzantine=1, n_selected=2)(J)  # J: (T, P) with T >= 4
+      >>> J = jnp.array([[1.0, 0.0], [1.1, 0.1], [0.9, -0.1], [-50.0, 80.0]])  # an outlier: row 3
+      >>> d, _ = krum(n_byzantine=1, n_selected=2)(J)  # T >= max(n_byzantine + 3, n_selected)
+      >>> bool(jnp.all(jnp.abs(d) < 2.0))
+      True
     """
     _check_int(n_byzantine, "n_byzantine", 0)
     _check_int(n_selected, "n_selected", 1)

@@ -170,7 +170,12 @@ def nash_mtl(
       TypeError / ValueError: bad hyper-parameters (at once); a state of the wrong shape (when called).
 
     Example:
-      >>> agg = nash_mtl(); d, state = agg(J); d, state = agg(J2, state)
+      >>> agg = nash_mtl()
+      >>> J = jnp.array([[1.0, 0.0], [0.0, 3.0]])
+      >>> d, state = agg(J)
+      >>> d, state = agg(2.0 * J, state)
+      >>> round(float(jnp.linalg.norm(d)), 4)     # sqrt(T) = 1.414 before clipping to max_norm = 1
+      1.0
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm >= 0:
         raise ValueError(f"nash_mtl: max_norm must be a non-negative number; got {max_norm!r}")

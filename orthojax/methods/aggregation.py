@@ -279,6 +279,23 @@ _REP_GRAD_HELP = ("take the Jacobian with respect to the shared representation (
                   "of T, and the encoder is trained on the gradient of sum_t w_t L_t.")
 
 
+def _without_examples(doc: str) -> str:
+    """``doc`` without its "Example:" section: the aggregator's examples call the aggregator, not the method
+    (and would run as the method's doctests)."""
+    out, skip_below = [], None
+    for line in (doc or "").splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_below is not None:
+            if not line.strip() or indent > skip_below:
+                continue
+            skip_below = None
+        if line.strip() in ("Example:", "Examples:", "Example::", "Examples::"):
+            skip_below = indent
+            continue
+        out.append(line)
+    return "\n".join(out).rstrip() + "\n"
+
+
 def _doc_with_rep_grad(doc: str) -> str:
     """``doc`` with a ``rep_grad`` entry at the top of its Args section (an Args section added if it has none)."""
     lines = (doc or "").splitlines()
@@ -304,7 +321,7 @@ def _method_from_aggregator(factory: Callable[..., Any], *, name: Optional[str] 
         return gradient_aggregation(factory(*args, **kwargs), name=method_name, rep_grad=representation)
 
     parameters = list(signature.parameters.values())
-    doc = factory.__doc__ or ""
+    doc = _without_examples(factory.__doc__ or "")
     if rep_grad:
         parameters.append(inspect.Parameter("rep_grad", inspect.Parameter.KEYWORD_ONLY, default=False,
                                             annotation=bool))
