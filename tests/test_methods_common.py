@@ -276,7 +276,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     params, problem, batch = make_toy(jax.random.key(0), batch=8)
     x, ys = batch
     sharded_batch = (jax.device_put(x, NamedSharding(mesh, P("data"))),
-                     jax.device_put(ys, NamedSharding(mesh, P(None, "data"))))
+                     jax.device_put(ys, NamedSharding(mesh, P("data"))))
     for entry in {entries!r}:
         method = build(entry)
         state = method.init(params, 2)
