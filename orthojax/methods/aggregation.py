@@ -208,8 +208,9 @@ def gradient_aggregation(aggregator: Callable[..., Any], *, name: Optional[str] 
     Raises:
       TypeError: ``aggregator`` not callable (e.g. a registry name: use ``get_method(name)``), no name, or
         ``rep_grad`` not a bool.
-      ValueError: (at the step) with ``rep_grad``, a problem without encode / decode, or an aggregator
-        without "task_weights".
+      ValueError: with ``rep_grad``, a plain function (no ``with_info``: no weights); at the step, a problem
+        without encode / decode, representations of different shapes, or an Aggregator that reports no
+        "task_weights" (GradDrop, TrimmedMean).
     """
     if not callable(aggregator):
         raise TypeError(f"gradient_aggregation: aggregator must be an aggregate function such as "
