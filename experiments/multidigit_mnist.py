@@ -129,8 +129,8 @@ def findings(summary: Sequence[Mapping]) -> str:
     others = [k for k in by if k != "single_task" and acc(k) and acc(k)["mean"] is not None]
     best = max(others, key=lambda k: acc(k)["mean"], default=None)
     lines = [
-        finding("CosReg (alpha=10) lowers σ against equal weights", sigma("cosreg"), sigma("equal"), lower=True,
-                steps=steps),
+        finding(f"{by['cosreg']['label'] if 'cosreg' in by else 'CosReg'} lowers σ against equal weights",
+                sigma("cosreg"), sigma("equal"), lower=True, steps=steps),
         finding("Dropout lowers σ against equal weights", sigma("dropout"), sigma("equal"), lower=True, steps=steps),
         finding("Batchnorm lowers σ against equal weights", sigma("batchnorm"), sigma("equal"), lower=True,
                 steps=steps),

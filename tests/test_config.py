@@ -206,3 +206,11 @@ def test_multi_host_flags(capsys):
     with pytest.raises(SystemExit):
         parse_command(nyuv2.EXPERIMENT, ["--num-processes", "2", "--process-id", "2"])
     assert "--process-id: 2 is not below --num-processes 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [md_config, nyu_config, sun_config], ids=["multidigit", "nyuv2", "sunrgbd"])
+def test_paper_preset_keeps_the_papers_alpha_and_the_quick_preset_says_where_it_differs(module):
+    paper, quick = module.get_config("paper"), module.get_config("quick")
+    assert paper.methods["cosreg"]["alpha"] == 10.0
+    if quick.methods["cosreg"]["alpha"] != paper.methods["cosreg"]["alpha"]:
+        assert "--preset paper" in module.__doc__ and "alpha 10" in module.__doc__

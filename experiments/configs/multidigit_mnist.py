@@ -1,7 +1,13 @@
 """MultiDigitMNIST (CosReg paper, section 4, Table 1; Figure 3): the configuration and its presets.
 
-    quick: 2000 / 500 / 1000 images, 2 epochs, 1 seed: the whole default table in minutes on a 2-core CPU.
-    paper: 16000 / 4000 / 5000 images, batch 64, Adam 1e-3, 5 seeds; the epoch count (10) is ours.
+    quick: 2000 / 500 / 1000 images, 4 epochs (124 steps per run), 1 seed, CosReg alpha 0.1: the whole default
+      table in minutes on a 2-core CPU.
+    paper: 16000 / 4000 / 5000 images, batch 64, Adam 1e-3, 5 seeds, CosReg alpha 10; the epoch count (10) is
+      ours.
+
+The quick preset's alpha is not the paper's: in its 124 steps CosReg at alpha 10 stays at chance (19.9 %, the
+trivial predictor's 20 %), at alpha 1 it reaches 44.9 % and at alpha 0.1 58.6 % (equal weights: 61.3 %).
+``--preset paper`` uses the paper's alpha 10.
 """
 
 from __future__ import annotations
@@ -100,9 +106,9 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
     if preset == "quick":
         return ExperimentConfig(
             experiment="multidigit_mnist", preset="quick",
-            train=Train(epochs=2, batch_size=64, lr=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True),
+            train=Train(epochs=4, batch_size=64, lr=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True),
             data=MultiDigitData(sizes=(2000, 500, 1000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
-            methods={"cosreg": {"alpha": 10.0}}, sweep=SweepGrid())
+            methods={"cosreg": {"alpha": 0.1}}, sweep=SweepGrid())
     if preset == "paper":
         return ExperimentConfig(
             experiment="multidigit_mnist", preset="paper",

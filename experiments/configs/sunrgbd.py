@@ -1,7 +1,11 @@
 """SUN RGB-D (CosReg paper, section 5.2, Table 3): the configuration and its presets.
 
-    quick: procedural scenes at 64x64 -> 16x16, SegNet at 1/16 width.
+    quick: procedural scenes at 64x64 -> 16x16, SegNet at 1/16 width, batch 8, Adam 3e-3, 10 epochs (120 steps
+      per run), CosReg alpha 1.
     paper: 320x320 -> 80x80, batch 3, Adam 1e-4 x 0.5 every 2 epochs, 25 epochs, horizontal flips, alpha 10.
+
+The quick preset's alpha is not the paper's: in NYUv2's and MultiDigitMNIST's quick runs CosReg at alpha 10
+stays at the trivial predictor's level while smaller alphas learn. ``--preset paper`` uses the paper's alpha 10.
 """
 
 from __future__ import annotations
@@ -58,9 +62,9 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
     if preset == "quick":
         return ExperimentConfig(
             experiment="sunrgbd", preset="quick",
-            train=Train(epochs=3, batch_size=8, lr=1e-3, seeds=(0,), eval_batch_size=16),
+            train=Train(epochs=10, batch_size=8, lr=3e-3, seeds=(0,), eval_batch_size=16),
             data=SUNRGBDData(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
-            model=SegNetModel(width=1 / 16), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 10.0}})
+            model=SegNetModel(width=1 / 16), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 1.0}})
     if preset == "paper":
         return ExperimentConfig(
             experiment="sunrgbd", preset="paper",
