@@ -60,15 +60,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from orthojax.models.segnet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VGG16_STAGES,
     Head,
     _batch_norm,
-    _normalize_channels,
+    _check_images,
+    _check_model_options,
+    _head_output,
+    _imagenet_normalize,
+    _output_hw,
     _parse_heads,
     _scaled,
-    resize_output,
 )
 from orthojax.models.unpool import max_pool_with_indices, max_unpool
 
@@ -95,7 +96,6 @@ CITYSCAPES_HEADS = (Head("seg", 7), Head("depth", 1))
 """Cityscapes heads: 7 classes (void -1 ignored) and disparity."""
 
 _NUM_STAGES = len(VGG16_STAGES)
-_DOWNSAMPLE = 2**_NUM_STAGES
 _KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")  # torch xavier_normal_
 
 
@@ -287,25 +287,10 @@ class SegNetMTAN(nn.Module):
 
     def setup(self) -> None:
         heads = _parse_heads(self.heads)
-        if not self.width > 0:
-            raise ValueError(f"SegNetMTAN: width must be > 0, got {self.width}")
-        if self.input_normalization not in ("imagenet", None):
-            raise ValueError(
-                f"SegNetMTAN: input_normalization must be 'imagenet' or None, got {self.input_normalization!r}"
-            )
-        self._output_hw()  # validate eagerly
+        _check_model_options("SegNetMTAN", self.width, self.input_normalization)
+        _output_hw(self.output_size, "SegNetMTAN")  # validate eagerly
         self.shared = _Shared(self.use_batchnorm)
         self.task = {h.name: _TaskBranch(h.channels, self.use_batchnorm) for h in heads}
-
-    @nn.nowrap
-    def _output_hw(self) -> tuple[int, int] | None:
-        size = self.output_size
-        if size is None:
-            return None
-        pair = (size, size) if isinstance(size, int) else tuple(size)
-        if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-            raise ValueError(f"SegNetMTAN: output_size must be a positive int or pair, got {size!r}")
-        return pair  # type: ignore[return-value]
 
     @nn.nowrap
     def head_specs(self) -> tuple[Head, ...]:
@@ -326,16 +311,6 @@ class SegNetMTAN(nn.Module):
     def last_shared_layer(self) -> str:
         """Path of the last shared convolution, ``"shared/decoder/conv1_1"`` (see the module docstring)."""
         return MTAN_LAST_SHARED_LAYER
-
-    def _check_input(self, x: jax.Array) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"SegNetMTAN expects images (N, H, W, C), got shape {x.shape}")
-        if self.input_normalization == "imagenet" and x.shape[-1] != 3:
-            raise ValueError(f"SegNetMTAN: imagenet input normalisation needs 3 (RGB) channels, got {x.shape[-1]}")
-        if x.shape[1] % _DOWNSAMPLE or x.shape[2] % _DOWNSAMPLE:
-            raise ValueError(
-                f"SegNetMTAN: input height and width must be multiples of {_DOWNSAMPLE}, got {x.shape[1:3]}"
-            )
 
     def _shared_network(self, x: jax.Array, train: bool):
         """The shared SegNet: per stage f_s, l_s, u_s, y_s (see the module docstring)."""
@@ -375,9 +350,9 @@ class SegNetMTAN(nn.Module):
         Raises:
           ValueError: ``x`` not 4-D, or H or W not a multiple of 32.
         """
-        self._check_input(x)
+        _check_images(x, self.input_normalization, "SegNetMTAN")
         if self.input_normalization == "imagenet":
-            x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+            x = _imagenet_normalize(x)
         c = _stage_channels(self.width)
         firsts, lasts, unpooled, outs = self._shared_network(x, train)
         att_enc, att_dec = self.shared.att_encoder, self.shared.att_decoder
@@ -418,16 +393,8 @@ class SegNetMTAN(nn.Module):
         heads = self.head_specs()
         if len(zs) != len(heads):
             raise ValueError(f"SegNetMTAN.decode: expected {len(heads)} representations, got {len(zs)}")
-        size = self._output_hw()
-        outs = []
-        for head, z in zip(heads, zs):
-            y = self.task[head.name](z, "head", False)
-            if size is not None:
-                y = resize_output(y, size)
-            if head.kind == "normal":
-                y = _normalize_channels(y)
-            outs.append(y)
-        return tuple(outs)
+        size = _output_hw(self.output_size, "SegNetMTAN")
+        return tuple(_head_output(self.task[head.name](z, "head", False), head, size) for head, z in zip(heads, zs))
 
     def __call__(self, x: jax.Array, train: bool = False):
         """Per-head predictions: ``decode(*encode(x, train), train)``."""

@@ -156,6 +156,52 @@ def resize_output(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jax.image.resize(x, (n, oh, ow, c), method="linear", antialias=True)
 
 
+def _check_model_options(model: str, width: float, input_normalization: str | None) -> None:
+    """Eager checks of the options SegNet and SegNet-MTAN share; ``model`` names the class in errors."""
+    if not width > 0:
+        raise ValueError(f"{model}: width must be > 0, got {width}")
+    if input_normalization not in ("imagenet", None):
+        raise ValueError(f"{model}: input_normalization must be 'imagenet' or None, got {input_normalization!r}")
+
+
+def _output_hw(size: int | Sequence[int] | None, model: str) -> tuple[int, int] | None:
+    """``output_size`` as an (H, W) pair, or None for the network's own resolution.
+
+    Raises:
+      ValueError: ``size`` is not a positive int or a pair of positive ints.
+    """
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ValueError(f"{model}: output_size must be a positive int or pair, got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check_images(x: jax.Array, input_normalization: str | None, model: str) -> None:
+    """Images must be (N, H, W, C) with H and W multiples of 32, and RGB when ImageNet-normalised."""
+    if x.ndim != 4:
+        raise ValueError(f"{model} expects images (N, H, W, C), got shape {x.shape}")
+    if input_normalization == "imagenet" and x.shape[-1] != 3:
+        raise ValueError(f"{model}: imagenet input normalisation needs 3 (RGB) channels, got {x.shape[-1]}")
+    if x.shape[1] % _DOWNSAMPLE or x.shape[2] % _DOWNSAMPLE:
+        raise ValueError(f"{model}: input height and width must be multiples of {_DOWNSAMPLE}, got {x.shape[1:3]}")
+
+
+def _imagenet_normalize(x: jax.Array) -> jax.Array:
+    """``(x - mean) / std`` per RGB channel with the ImageNet statistics, in ``x``'s dtype."""
+    return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+
+
+def _head_output(y: jax.Array, head: Head, size: tuple[int, int] | None) -> jax.Array:
+    """A head's raw map resized to ``size`` (None: kept) and, for "normal" heads, unit-normalised."""
+    if size is not None:
+        y = resize_output(y, size)
+    if head.kind == "normal":
+        y = _normalize_channels(y)
+    return y
+
+
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
 
@@ -171,7 +217,7 @@ class _Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool):
         if self.input_normalization == "imagenet":
-            x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+            x = _imagenet_normalize(x)
         streams = [x]
         stage_indices = []  # per stage: one index array per stream
         for s, chans in enumerate(VGG16_STAGES, 1):
@@ -256,30 +302,15 @@ class SegNet(nn.Module):
 
     def setup(self) -> None:
         heads = _parse_heads(self.heads)
-        if not self.width > 0:
-            raise ValueError(f"SegNet: width must be > 0, got {self.width}")
+        _check_model_options("SegNet", self.width, self.input_normalization)
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"SegNet: dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        if self.input_normalization not in ("imagenet", None):
-            raise ValueError(
-                f"SegNet: input_normalization must be 'imagenet' or None, got {self.input_normalization!r}"
-            )
-        self._output_hw()  # validate eagerly
+        _output_hw(self.output_size, "SegNet")  # validate eagerly
         specific = _resolve_task_specific(self.task_specific_layers, self.shared_layer_names(), "SegNet")
         self.encoder = _Encoder(
             self.width, len(heads), self.use_batchnorm, self.dropout_rate, self.input_normalization, specific
         )
         self.decoder = {h.name: _Decoder(self.width, h, self.use_batchnorm, self.dropout_rate) for h in heads}
-
-    @nn.nowrap
-    def _output_hw(self) -> tuple[int, int] | None:
-        size = self.output_size
-        if size is None:
-            return None
-        pair = (size, size) if isinstance(size, int) else tuple(size)
-        if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-            raise ValueError(f"SegNet: output_size must be a positive int or pair, got {size!r}")
-        return pair  # type: ignore[return-value]
 
     @nn.nowrap
     def head_specs(self) -> tuple[Head, ...]:
@@ -313,14 +344,7 @@ class SegNet(nn.Module):
           same array T times when no layer is task-specific); ``extras[t]`` holds the 5 max-pool index
           arrays of stream t, stage 1 first.
         """
-        if x.ndim != 4:
-            raise ValueError(f"SegNet expects images (N, H, W, C), got shape {x.shape}")
-        if self.input_normalization == "imagenet" and x.shape[-1] != 3:
-            raise ValueError(f"SegNet: imagenet input normalisation needs 3 (RGB) channels, got {x.shape[-1]}")
-        if x.shape[1] % _DOWNSAMPLE or x.shape[2] % _DOWNSAMPLE:
-            raise ValueError(
-                f"SegNet: input height and width must be multiples of {_DOWNSAMPLE}, got {x.shape[1:3]}"
-            )
+        _check_images(x, self.input_normalization, "SegNet")
         return self.encoder(x, train)
 
     def decode(self, zs: Sequence[jax.Array], extras: Sequence[Sequence[jax.Array]], train: bool = False):
@@ -340,16 +364,10 @@ class SegNet(nn.Module):
                 f"SegNet.decode: expected {len(heads)} representations and index sets, "
                 f"got {len(zs)} and {len(extras)}"
             )
-        size = self._output_hw()
-        outs = []
-        for head, z, ix in zip(heads, zs, extras):
-            y = self.decoder[head.name](z, ix, train)
-            if size is not None:
-                y = resize_output(y, size)
-            if head.kind == "normal":
-                y = _normalize_channels(y)
-            outs.append(y)
-        return tuple(outs)
+        size = _output_hw(self.output_size, "SegNet")
+        return tuple(
+            _head_output(self.decoder[head.name](z, ix, train), head, size) for head, z, ix in zip(heads, zs, extras)
+        )
 
     def __call__(self, x: jax.Array, train: bool = False):
         """Per-head predictions: ``decode(*encode(x, train), train)``."""
