@@ -52,6 +52,24 @@ def _check_pref(pref: Any, name: str) -> Optional[tuple]:
     return values
 
 
+def _check_vector(value: Any, what: str, name: str) -> np.ndarray:
+    """A per-task vector given to a factory, as a float64 NumPy array.
+
+    Raises:
+      TypeError: ``value`` is not a sequence of numbers.
+      ValueError: ``value`` is not 1-D, is empty, or has a non-finite entry.
+    """
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: {what} must be a sequence of numbers; got {value!r}") from err
+    if vector.ndim != 1 or vector.size == 0:
+        raise ValueError(f"{name}: {what} must be a non-empty 1-D sequence; got shape {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError(f"{name}: {what} must be finite; got {vector.tolist()}")
+    return vector
+
+
 def _check_bool(value: Any, what: str, name: str) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: {what} must be a bool; got {value!r}")

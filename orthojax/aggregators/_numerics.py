@@ -25,6 +25,15 @@ def _pow2_exponent(maxabs: jax.Array) -> jax.Array:
 
 
 
+def _pow2_normalised(jacobian: Any) -> tuple[jax.Array, Any]:
+    """(e, J / 2^e) with max|J| = f 2^e, f in [0.5, 1) (e = 1 for a zero or non-finite J): the division is
+    exact and the scaled Jacobian's Gramian neither overflows nor underflows."""
+    maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(jacobian)]))
+    e = _pow2_exponent(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
+    return e, jax.tree.map(lambda leaf: jnp.ldexp(leaf, -e), jacobian)
+
+
+
 def _log(x: jax.Array) -> jax.Array:
     """log x for x >= 0, -inf at 0 (no warning, no NaN)."""
     pos = x > 0

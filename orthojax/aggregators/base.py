@@ -69,6 +69,12 @@ def num_tasks_of(jacobian: PyTree, name: str) -> tuple[int, Any]:
     return shapes[0][0], jnp.result_type(*dtypes)
 
 
+def _check_stateless(state: PyTree, name: str) -> None:
+    """A stateless aggregator's ``fn`` takes ``state=None`` only (ValueError naming ``name`` otherwise)."""
+    if state is not None:
+        raise ValueError(f"{name}: this aggregator is stateless; pass state=None, got {type(state).__name__}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Aggregator:
     """A pure, jittable aggregator: ``aggregator(jacobian, state=None, *, key=None) -> (direction, state)``.
@@ -142,8 +148,7 @@ def gramian_aggregator(
     """
 
     def fn(jacobian: PyTree, state: PyTree, key: Optional[jax.Array]) -> Aggregation:
-        if state is not None:
-            raise ValueError(f"{name}: this aggregator is stateless; pass state=None, got {type(state).__name__}")
+        _check_stateless(state, name)
         exponents, scaled = _scaled_parts(jacobian)
         S = _scaled_from_parts(exponents, scaled)
         sol = solve(S, key)

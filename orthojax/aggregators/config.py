@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+from orthojax.aggregators._checks import _check_vector
+from orthojax.aggregators._numerics import _pow2_normalised
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info, num_tasks_of
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["config", "config_weights"]
@@ -102,33 +104,16 @@ def config(pref: Optional[Any] = None) -> Aggregator:
       >>> bool(jnp.all(J @ d > 0))  # no conflict: <d, g_t> > 0 for every task
       True
     """
-    pref_np = None
-    if pref is not None:
-        try:
-            pref_np = np.asarray(pref, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"config: pref must be a sequence of numbers; got {pref!r}") from err
-        if pref_np.ndim != 1 or pref_np.size == 0 or not np.all(np.isfinite(pref_np)):
-            raise ValueError(f"config: pref must be a non-empty 1-D sequence of finite numbers; got {pref!r}")
+    pref_np = None if pref is None else _check_vector(pref, "pref", "config")
 
     def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
-        if state is not None:
-            raise ValueError(f"config: the aggregator is stateless; pass state=None, got {type(state).__name__}")
-        leaves = jax.tree.leaves(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves) or len({x.shape[0] for x in leaves}) != 1:
-            raise ValueError("config: every Jacobian leaf needs the same leading task axis T")
-        num_tasks = leaves[0].shape[0]
-        dtype = jnp.result_type(*leaves)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"config: the Jacobian must be floating point; got dtype {dtype}")
+        _check_stateless(state, "config")
+        num_tasks, dtype = num_tasks_of(jacobian, "config")
         if pref_np is not None and pref_np.size != num_tasks:
             raise ValueError(f"config: the Jacobian has T={num_tasks} tasks but pref has {pref_np.size} entries")
-        maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
-        _, e = jnp.frexp(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
-        e = e.astype(jnp.int32)
-        scaled = jax.tree.map(lambda x: jnp.ldexp(x, -e), jacobian)
-        num_params = sum(int(np.prod(x.shape[1:])) for x in leaves)
+        _, scaled = _pow2_normalised(jacobian)
+        num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(jacobian))
         pref_arr = None if pref_np is None else jnp.asarray(pref_np, dtype)
         weights = config_weights(gramian(scaled), pref_arr, num_params=num_params)
         # d = combine(weights, J) = 2^e combine(weights, J / 2^e): the weights are scale free.

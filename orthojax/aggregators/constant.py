@@ -20,7 +20,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info, num_tasks_of
+from orthojax.aggregators._checks import _check_vector
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info, num_tasks_of
 from orthojax.aggregators.gramian import combine
 
 __all__ = ["constant", "mean_aggregator", "sum_aggregator"]
@@ -31,8 +32,7 @@ PyTree = Any
 def _fixed_weights(make_weights: Callable[[int], np.ndarray], name: str) -> Aggregator:
     def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
-        if state is not None:
-            raise ValueError(f"{name}: the aggregator is stateless; pass state=None, got {type(state).__name__}")
+        _check_stateless(state, name)
         num_tasks, dtype = num_tasks_of(jacobian, name)
         w = jnp.asarray(make_weights(num_tasks), dtype)
         return Aggregation(combine(w, jacobian), None, jacobian_info(jacobian, w))
@@ -60,14 +60,7 @@ def constant(weights: Any) -> Aggregator:
     Example:
       >>> d, _ = constant([0.5, 2.0])(jnp.array([[1.0, 0.0], [0.0, 1.0]]))  # [0.5, 2.0]
     """
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"constant: weights must be a sequence of numbers; got {weights!r}") from err
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"constant: weights must be a non-empty 1-D sequence; got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"constant: weights must be finite; got {w.tolist()}")
+    w = _check_vector(weights, "weights", "constant")
 
     def make(num_tasks: int) -> np.ndarray:
         if num_tasks != w.size:

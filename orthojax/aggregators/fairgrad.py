@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+from orthojax.aggregators._numerics import _pow2_normalised
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info, num_tasks_of
 from orthojax.aggregators.gramian import combine, gramian
 from orthojax.aggregators.nash_mtl import _balance, _check_solver
 
@@ -105,24 +106,14 @@ def fairgrad(alpha: float = 1.0, *, tol: Optional[float] = None, max_iter: int =
 
     def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
-        if state is not None:
-            raise ValueError(f"fairgrad: the aggregator is stateless; pass state=None, got {type(state).__name__}")
-        leaves = jax.tree.leaves(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves) or len({x.shape[0] for x in leaves}) != 1:
-            raise ValueError("fairgrad: every Jacobian leaf needs the same leading task axis T")
-        num_tasks = leaves[0].shape[0]
-        dtype = jnp.result_type(*leaves)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"fairgrad: the Jacobian must be floating point; got dtype {dtype}")
+        _check_stateless(state, "fairgrad")
+        num_tasks, dtype = num_tasks_of(jacobian, "fairgrad")
         if alpha == 0:
             w = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
             info = dict(jacobian_info(jacobian, w), solver_residual=jnp.zeros((), dtype))
             return Aggregation(combine(w, jacobian), None, info)
         p = 1.0 / alpha
-        maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
-        _, e = jnp.frexp(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
-        e = e.astype(jnp.int32)
-        scaled = jax.tree.map(lambda x: jnp.ldexp(x, -e), jacobian)
+        e, scaled = _pow2_normalised(jacobian)
         w_s, residual = _balance(gramian(scaled).astype(dtype), p, tol, max_iter)
         # J = 2^e J_s: w = w_s 2^(-2e/(1+p)), d = combine(w, J) = 2^(e (p-1)/(p+1)) combine(w_s, J_s).
         factor = jnp.exp2(e.astype(dtype) * ((p - 1.0) / (p + 1.0)))

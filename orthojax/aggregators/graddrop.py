@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+from orthojax.aggregators._checks import _check_vector
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info, num_tasks_of
 
 __all__ = ["graddrop"]
 
@@ -79,27 +80,14 @@ def graddrop(leak: Optional[Any] = None, f: Optional[Callable[[jax.Array], jax.A
     if f is not None and not callable(f):
         raise TypeError(f"graddrop: f must be a callable or None; got {f!r}")
     purity_fn = (lambda p: p) if f is None else f
-    leak_np = None
-    if leak is not None:
-        try:
-            leak_np = np.asarray(leak, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"graddrop: leak must be a sequence of numbers; got {leak!r}") from err
-        if leak_np.ndim != 1 or leak_np.size == 0:
-            raise ValueError(f"graddrop: leak must be a non-empty 1-D sequence; got shape {leak_np.shape}")
-        if not np.all((leak_np >= 0) & (leak_np <= 1)):
+    leak_np = None if leak is None else _check_vector(leak, "leak", "graddrop")
+    if leak_np is not None and not np.all((leak_np >= 0) & (leak_np <= 1)):
             raise ValueError(f"graddrop: every leak must be in [0, 1]; got {leak_np.tolist()}")
 
     def fn(jacobian: PyTree, state: None, key: jax.Array) -> Aggregation:
-        if state is not None:
-            raise ValueError(f"graddrop: the aggregator is stateless; pass state=None, got {type(state).__name__}")
+        _check_stateless(state, "graddrop")
+        num_tasks, dtype = num_tasks_of(jacobian, "graddrop")
         leaves, treedef = jax.tree.flatten(jacobian)
-        if not leaves or any(jnp.ndim(x) == 0 for x in leaves) or len({x.shape[0] for x in leaves}) != 1:
-            raise ValueError("graddrop: every Jacobian leaf needs the same leading task axis T")
-        num_tasks = leaves[0].shape[0]
-        dtype = jnp.result_type(*leaves)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"graddrop: the Jacobian must be floating point; got dtype {dtype}")
         if leak_np is not None and leak_np.size != num_tasks:
             raise ValueError(f"graddrop: the Jacobian has T={num_tasks} tasks but {leak_np.size} leaks were given")
         lk = jnp.zeros((num_tasks,), dtype) if leak_np is None else jnp.asarray(leak_np, dtype)

@@ -26,7 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+from orthojax.aggregators._numerics import _pow2_normalised
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info
 from orthojax.aggregators.gramian import combine, gramian
 
 __all__ = ["krum", "krum_weights"]
@@ -85,13 +86,6 @@ def krum_weights(G: jax.Array, n_byzantine: int, n_selected: int = 1, *, squared
     return jnp.zeros((num_tasks,), G.dtype).at[selected].set(1.0 / n_selected)
 
 
-def _pow2_normalised(jacobian: PyTree) -> PyTree:
-    """J / 2^e with 2^e near max|J| (exact), so that its Gramian neither overflows nor underflows."""
-    maxabs = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(jacobian)]))
-    _, e = jnp.frexp(jnp.where(jnp.isfinite(maxabs) & (maxabs > 0), maxabs, 1))
-    return jax.tree.map(lambda leaf: jnp.ldexp(leaf, -e.astype(jnp.int32)), jacobian)
-
-
 def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Aggregator:
     """Krum / Multi-Krum aggregator (TorchJD's ``Krum(n_byzantine, n_selected)``).
 
@@ -124,9 +118,8 @@ def krum(n_byzantine: int, n_selected: int = 1, *, squared: bool = False) -> Agg
 
     def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
-        if state is not None:
-            raise ValueError(f"krum: the aggregator is stateless; pass state=None, got {type(state).__name__}")
-        G = gramian(_pow2_normalised(jacobian))
+        _check_stateless(state, "krum")
+        G = gramian(_pow2_normalised(jacobian)[1])
         w = krum_weights(G, n_byzantine, n_selected, squared=squared)
         return Aggregation(combine(w, jacobian), None, jacobian_info(jacobian, w))
 

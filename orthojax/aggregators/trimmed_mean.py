@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from orthojax.aggregators.base import Aggregation, Aggregator, jacobian_info
+from orthojax.aggregators.base import Aggregation, Aggregator, _check_stateless, jacobian_info
 
 __all__ = ["trimmed_mean"]
 
@@ -66,10 +66,7 @@ def trimmed_mean(trim_number: int) -> Aggregator:
 
     def fn(jacobian: PyTree, state: None, key: Any) -> Aggregation:
         del key  # deterministic
-        if state is not None:
-            raise ValueError(
-                f"trimmed_mean: the aggregator is stateless; pass state=None, got {type(state).__name__}"
-            )
+        _check_stateless(state, "trimmed_mean")
         return Aggregation(jax.tree.map(one, jacobian), None, jacobian_info(jacobian))
 
     return Aggregator(name="trimmed_mean", fn=fn)
