@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -290,3 +291,20 @@ def test_multidigit_tfds_flag_reads_mnist_from_the_given_tfds_data_dir(tmp_path,
     assert 0.0 <= results["rows"][0]["columns"]["accuracy"]["mean"] <= 100.0
     with pytest.raises(ValueError, match="tfds_data_dir=.* is for source='tfds'"):
         build_multidigit(source="embedded", tfds_data_dir=str(tfds_dir))
+
+
+def test_single_task_runs_share_one_compiled_train_step(tmp_path):
+    """The T runs of a single-task row compile one train-step program: in a fresh process with an empty
+    persistent cache, task 0 writes it and task 1 reads it back (the cache's own log lines)."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_LOGGING_LEVEL="DEBUG")
+    result = subprocess.run([sys.executable, "-m", "experiments.multidigit_mnist", "--methods", "single_task",
+                             "--max-steps", "1", "--set", "data.sizes=64,16,32", "--filters", "4",
+                             "--workdir", str(tmp_path / "run"), "--no-progress", "--compilation-cache", str(cache)],
+                            check=True, capture_output=True, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    def keys(kind):  # a message may be logged by more than one handler: distinct cache keys
+        return set(re.findall(rf"{kind} for 'jit_step' with key '([^']+)'", result.stderr))
+
+    missed, hit = keys("PERSISTENT COMPILATION CACHE MISS"), keys("Persistent compilation cache hit")
+    assert len(missed) == 1 and hit == missed, result.stderr[-3000:]
