@@ -59,7 +59,8 @@ import jax.numpy as jnp
 
 from orthojax import aggregators
 from orthojax.cosreg import cosine_matrix
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
+from orthojax.methods.db_mtl import _merge_leaves, shared_jacobian
 from orthojax.select import make_selection
 
 PyTree = Any
@@ -94,32 +95,17 @@ _AGGREGATOR_KEY_SALT = 0x5043
 def jacobian_step(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
     """One forward pass; the shared-parameter Jacobian and the gradient of sum_t L_t for the rest.
 
+    The Jacobian is :func:`~orthojax.methods.db_mtl.shared_jacobian`'s; the other leaves' gradient is its
+    pull-back of the all-ones cotangent, from the same forward pass.
+
     Returns:
       ``(losses, aux, jacobian, rest_grads, selection, rest_indices)``: ``jacobian`` is the list of (T, ...)
       Jacobian leaves of the shared parameters (in ``selection.indices`` order), ``rest_grads`` the list of
       gradients of sum_t L_t for the other leaves (in ``rest_indices`` order).
     """
-    selection = make_selection(params, problem.shared)
-    chosen = set(selection.indices)
-    rest_indices = tuple(i for i in range(len(selection.leaves)) if i not in chosen)
-
-    def merged(shared_leaves, rest_leaves):
-        leaves = list(selection.leaves)
-        for i, leaf in zip(selection.indices, shared_leaves):
-            leaves[i] = leaf
-        for i, leaf in zip(rest_indices, rest_leaves):
-            leaves[i] = leaf
-        return selection.treedef.unflatten(leaves)
-
-    def losses_fn(shared_leaves, rest_leaves):
-        return task_losses_and_aux(problem, merged(shared_leaves, rest_leaves), batch, rng)
-
-    rest = [selection.leaves[i] for i in rest_indices]
-    losses, pullback, aux = jax.vjp(losses_fn, selection.selected, rest, has_aux=True)
-    num_tasks = losses.shape[0]
-    jacobian, _ = jax.vmap(pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
-    _, rest_grads = pullback(jnp.ones((num_tasks,), losses.dtype))
-    return losses, aux, jacobian, rest_grads, selection, rest_indices
+    sj = shared_jacobian(problem, params, batch, rng)
+    _, rest_grads = sj.pullback(jnp.ones_like(sj.losses))
+    return sj.losses, sj.aux, sj.jacobian, rest_grads, sj.selection, sj.rest_indices
 
 
 def representation_step(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
@@ -248,12 +234,7 @@ def gradient_aggregation(aggregator: Callable[..., Any], *, name: Optional[str] 
         losses, aux, jacobian, rest_grads, selection, rest_indices = jacobian_step(problem, params, batch, rng)
         jac = jax.lax.stop_gradient(jacobian)
         direction, new_state, metrics = aggregate(jac, state, rng)
-        leaves = list(selection.leaves)
-        for i, g in zip(selection.indices, direction):
-            leaves[i] = g
-        for i, g in zip(rest_indices, rest_grads):
-            leaves[i] = g
-        grads = selection.treedef.unflatten(leaves)
+        grads = _merge_leaves(selection, rest_indices, direction, rest_grads)
         cosine = _last_shared_cosine(problem, params, selection, jac)
         if cosine is not None:  # the diagnostic from this Jacobian: the engine computes no extra one
             metrics["cosine"] = cosine

@@ -43,6 +43,17 @@ __all__ = ["DBMTLState", "SharedJacobian", "db_mtl", "shared_jacobian", "task_no
 _EPS = 1e-8  # LibMTL's constant, both in log(L + eps) and in ||h_t|| + eps
 
 
+def _merge_leaves(selection: Selection, rest_indices: tuple, shared_leaves: list, rest_leaves: list) -> PyTree:
+    """The pytree of ``selection`` with its selected leaves replaced by ``shared_leaves`` (``selection.indices``
+    order) and the others by ``rest_leaves`` (``rest_indices`` order)."""
+    leaves = list(selection.leaves)
+    for i, leaf in zip(selection.indices, shared_leaves):
+        leaves[i] = leaf
+    for i, leaf in zip(rest_indices, rest_leaves):
+        leaves[i] = leaf
+    return selection.treedef.unflatten(leaves)
+
+
 class SharedJacobian(NamedTuple):
     """One forward pass of the task losses, split into the shared parameters and the rest.
 
@@ -66,12 +77,7 @@ class SharedJacobian(NamedTuple):
 
     def assemble(self, shared_grads: list, rest_grads: list) -> PyTree:
         """The full gradient pytree (the structure of ``params``) from its shared and other leaves."""
-        leaves = list(self.selection.leaves)
-        for i, g in zip(self.selection.indices, shared_grads):
-            leaves[i] = g
-        for i, g in zip(self.rest_indices, rest_grads):
-            leaves[i] = g
-        return self.selection.treedef.unflatten(leaves)
+        return _merge_leaves(self.selection, self.rest_indices, shared_grads, rest_grads)
 
 
 def shared_jacobian(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array) -> SharedJacobian:
@@ -90,12 +96,8 @@ def shared_jacobian(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: 
     rest_indices = tuple(i for i in range(len(selection.leaves)) if i not in chosen)
 
     def losses_fn(shared_leaves, rest_leaves):
-        leaves = list(selection.leaves)
-        for i, leaf in zip(selection.indices, shared_leaves):
-            leaves[i] = leaf
-        for i, leaf in zip(rest_indices, rest_leaves):
-            leaves[i] = leaf
-        return task_losses_and_aux(problem, selection.treedef.unflatten(leaves), batch, rng)
+        merged = _merge_leaves(selection, rest_indices, shared_leaves, rest_leaves)
+        return task_losses_and_aux(problem, merged, batch, rng)
 
     rest = [selection.leaves[i] for i in rest_indices]
     losses, vjp_fn, aux = jax.vjp(losses_fn, selection.selected, rest, has_aux=True)
