@@ -31,14 +31,13 @@ average abs / rel error per test batch (``aggregation="batch"``); "pooled" (defa
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from orthojax.data.nyuv2 import load_npy
+from orthojax.data.nyuv2 import _index_split, _split_dir, load_npy
 from orthojax.data.resize import hflip, random_scale_crop_box, resize_dense
 from orthojax.metrics import (
     DepthState,
@@ -108,15 +107,6 @@ def cityscapes_info(source: str, num_classes: int, image_size: Sequence[int], sp
 
 
 # ----------------------------------------------------------------------------- reader
-def _index_files(folder: Path) -> dict[int, Path]:
-    files = {}
-    for p in folder.iterdir():
-        m = re.fullmatch(r"(\d+)\.npy", p.name)
-        if m:
-            files[int(m.group(1))] = p
-    return files
-
-
 def _check_image(a: np.ndarray, path: Path, hw: tuple[int, int] | None) -> np.ndarray:
     if a.ndim != 3 or a.shape[-1] != 3 or not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{path}: expected an RGB image (H, W, 3) of numbers, got {a.dtype} {a.shape}")
@@ -187,28 +177,14 @@ def read_cityscapes_split(root: str | os.PathLike, split: str, num_classes: int 
     _class_names(num_classes)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Cityscapes root {root} does not exist")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: missing Cityscapes split folder (expected {root}/{{train,val}}/)")
+    split_dir = _split_dir(root, split, "Cityscapes")
     folders = {}
     for key in ("image", "depth"):
         folders[key] = split_dir / key
         if not folders[key].is_dir():
             raise FileNotFoundError(f"{folders[key]}: missing folder (expected {split_dir}/{{image,label_7,depth}}/<i>.npy)")
     folders["label"] = _label_folder(split_dir, num_classes)
-    files = {key: _index_files(folder) for key, folder in folders.items()}
-    n = len(files["image"])
-    if n == 0:
-        raise ValueError(f"{folders['image']}: no <i>.npy files")
-    for key, found in files.items():
-        if set(found) != set(range(n)):
-            missing = sorted(set(range(n)) - set(found))[:5]
-            extra = sorted(set(found) - set(range(n)))[:5]
-            raise ValueError(f"{folders[key]}: {len(found)} files, but {folders['image']} has {n} "
-                             f"(expected 0.npy..{n - 1}.npy; missing {missing}, unexpected {extra})")
+    files, n = _index_split(folders)
     n = n if max_items is None else min(n, int(max_items))
     images, labels, depths = [], [], []
     hw = None

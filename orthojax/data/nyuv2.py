@@ -70,6 +70,15 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
 
 
+def _protocol_sizes(protocol: str, image_size: Sequence[int] | None,
+                    target_size: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(image_size, target_size) as int tuples, the protocol's where None (ValueError: unknown protocol)."""
+    _check_protocol(protocol)
+    image_size = tuple(int(s) for s in (image_size or PROTOCOLS[protocol]["image_size"]))
+    target_size = tuple(int(s) for s in (target_size or PROTOCOLS[protocol]["target_size"]))
+    return image_size, target_size
+
+
 def nyuv2_info(protocol: str, source: str, tasks: Sequence[str], image_size: Sequence[int],
                target_size: Sequence[int], split_sizes: dict[str, int], synthetic: bool = False,
                notes: Sequence[str] = ()) -> dict:
@@ -129,6 +138,37 @@ def _index_files(folder: Path) -> dict[int, Path]:
     return files
 
 
+def _split_dir(root: str | os.PathLike, split: str, dataset: str) -> Path:
+    """``root/split`` of an MTAN-layout dataset (FileNotFoundError naming ``dataset`` and the missing folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset} root {root} does not exist")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir}: missing {dataset} split folder (expected {root}/{{train,val}}/)")
+    return split_dir
+
+
+def _index_split(folders: dict[str, Path]) -> tuple[dict[str, dict[int, Path]], int]:
+    """The ``<i>.npy`` files of every folder of one split (MTAN layout) and their number N.
+
+    Raises:
+      ValueError: ``folders["image"]`` holds no ``<i>.npy`` file, or a folder does not hold exactly
+        0.npy..N-1.npy (the message names the folder and the missing and unexpected indices).
+    """
+    files = {key: _index_files(folder) for key, folder in folders.items()}
+    n = len(files["image"])
+    if n == 0:
+        raise ValueError(f"{folders['image']}: no <i>.npy files")
+    for key, found in files.items():
+        if set(found) != set(range(n)):
+            missing = sorted(set(range(n)) - set(found))[:5]
+            extra = sorted(set(found) - set(range(n)))[:5]
+            raise ValueError(f"{folders[key]}: {len(found)} files, but {folders['image']} has {n} "
+                             f"(expected 0.npy..{n - 1}.npy; missing {missing}, unexpected {extra})")
+    return files, n
+
+
 def check_mtan_item(item: dict[str, np.ndarray], paths: dict[str, Path], num_classes: int = 13) -> dict[str, np.ndarray]:
     """Validate and normalise one MTAN item; errors name the offending file.
 
@@ -186,31 +226,14 @@ def read_mtan_split(root: str | os.PathLike, split: str, protocol: str = "paper"
     Returns:
       dict of stacked arrays (see the module docstring).
     """
-    _check_protocol(protocol)
-    image_size = tuple(image_size or PROTOCOLS[protocol]["image_size"])
-    target_size = tuple(target_size or PROTOCOLS[protocol]["target_size"])
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"NYUv2 root {root} does not exist")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: missing NYUv2 split folder (expected {root}/{{train,val}}/)")
+    image_size, target_size = _protocol_sizes(protocol, image_size, target_size)
+    split_dir = _split_dir(root, split, "NYUv2")
     keys = MTAN_KEYS if with_normals else MTAN_KEYS[:3]
-    files = {}
-    for key in keys:
-        folder = split_dir / key
+    folders = {key: split_dir / key for key in keys}
+    for folder in folders.values():
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: missing folder (expected {split_dir}/{{{','.join(keys)}}}/<i>.npy)")
-        files[key] = _index_files(folder)
-    n = len(files["image"])
-    if n == 0:
-        raise ValueError(f"{split_dir / 'image'}: no <i>.npy files")
-    for key in keys:
-        if set(files[key]) != set(range(n)):
-            missing = sorted(set(range(n)) - set(files[key]))[:5]
-            extra = sorted(set(files[key]) - set(range(n)))[:5]
-            raise ValueError(f"{split_dir / key}: {len(files[key])} files, but {split_dir / 'image'} has {n} "
-                             f"(expected 0.npy..{n - 1}.npy; missing {missing}, unexpected {extra})")
+    files, n = _index_split(folders)
     n = n if max_items is None else min(n, int(max_items))
     items = []
     for i in range(n):
@@ -299,9 +322,7 @@ def read_nyuv2_mat(mat_path: str | os.PathLike, splits_path: str | os.PathLike, 
     """
     import h5py
 
-    _check_protocol(protocol)
-    image_size = tuple(image_size or PROTOCOLS[protocol]["image_size"])
-    target_size = tuple(target_size or PROTOCOLS[protocol]["target_size"])
+    image_size, target_size = _protocol_sizes(protocol, image_size, target_size)
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise FileNotFoundError(f"NYUv2 labelled file {mat_path} does not exist")
@@ -367,9 +388,7 @@ def load_nyuv2(data_dir: str | os.PathLike | None = None, protocol: str = "paper
     Returns:
       (splits, info): ``{"train", "test"}`` dicts of arrays and the metadata record.
     """
-    _check_protocol(protocol)
-    image_size = tuple(int(s) for s in (image_size or PROTOCOLS[protocol]["image_size"]))
-    target_size = tuple(int(s) for s in (target_size or PROTOCOLS[protocol]["target_size"]))
+    image_size, target_size = _protocol_sizes(protocol, image_size, target_size)
     notes = []
     if data_dir is None:
         # imported here: the synthetic generator imports this module's class vocabulary
