@@ -11,7 +11,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +157,20 @@ dualproj_solution.__doc__ = dualproj_solution.__doc__.replace("{note}", _TORCHJD
 
 
 
+def _dual_cone_aggregator(name: str, solution: Callable[..., Solution], pref: Any, reg_eps: float,
+                          num_iters: Optional[int]) -> Aggregator:
+    """UPGrad's or DualProj's aggregator: the hyper-parameters checked at once, ``solution`` per step."""
+    pref = _check_pref(pref, name)
+    _check_nonneg_float(reg_eps, "reg_eps", name)
+    _check_cap(num_iters, "num_iters", name)
+
+    def solve(S, key):
+        del key  # deterministic
+        return solution(S, pref, reg_eps=reg_eps, num_iters=num_iters)
+
+    return gramian_aggregator(name, solve, reports_residual=True)
+
+
 def upgrad(pref: Optional[tuple] = None, reg_eps: float = 1e-4, num_iters: Optional[int] = None) -> Aggregator:
     """UPGrad aggregator: the (preference-weighted) mean of the task gradients' projections onto the dual
     cone (:func:`upgrad_solution`).
@@ -172,12 +186,7 @@ def upgrad(pref: Optional[tuple] = None, reg_eps: float = 1e-4, num_iters: Optio
     Raises:
       ValueError: a malformed ``pref``, a negative or non-finite ``reg_eps``, a ``num_iters`` below 1.
     """
-    pref = _check_pref(pref, "upgrad")
-    _check_nonneg_float(reg_eps, "reg_eps", "upgrad")
-    _check_cap(num_iters, "num_iters", "upgrad")
-    return gramian_aggregator(
-        "upgrad", lambda S, key: upgrad_solution(S, pref, reg_eps=reg_eps, num_iters=num_iters), reports_residual=True
-    )
+    return _dual_cone_aggregator("upgrad", upgrad_solution, pref, reg_eps, num_iters)
 
 
 def dualproj(pref: Optional[tuple] = None, reg_eps: float = 1e-4, num_iters: Optional[int] = None) -> Aggregator:
@@ -195,10 +204,4 @@ def dualproj(pref: Optional[tuple] = None, reg_eps: float = 1e-4, num_iters: Opt
     Raises:
       ValueError: a malformed ``pref``, a negative or non-finite ``reg_eps``, a ``num_iters`` below 1.
     """
-    pref = _check_pref(pref, "dualproj")
-    _check_nonneg_float(reg_eps, "reg_eps", "dualproj")
-    _check_cap(num_iters, "num_iters", "dualproj")
-    return gramian_aggregator(
-        "dualproj", lambda S, key: dualproj_solution(S, pref, reg_eps=reg_eps, num_iters=num_iters),
-        reports_residual=True,
-    )
+    return _dual_cone_aggregator("dualproj", dualproj_solution, pref, reg_eps, num_iters)

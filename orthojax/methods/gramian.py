@@ -3,16 +3,8 @@
 
 from orthojax.aggregators.aligned_mtl import aligned_mtl_solution, aligned_mtl_weights
 from orthojax.aggregators.cagrad import cagrad_solution, cagrad_weights
-from orthojax.aggregators.gramian import (
-    GramianLike,
-    ScaledGramian,
-    Solution,
-    as_scaled_gramian,
-    combine,
-    combine_unit,
-    gramian,
-    scaled_gramian,
-)
+from orthojax.aggregators.gramian import GramianLike, ScaledGramian, Solution, as_scaled_gramian, scaled_gramian
+from orthojax.aggregators.gramian import combine, combine_unit, gramian
 from orthojax.aggregators.imtl_g import imtl_g_solution, imtl_g_weights
 from orthojax.aggregators.mgda import mgda_solution, mgda_weights
 from orthojax.aggregators.pcgrad import pcgrad_order, pcgrad_solution, pcgrad_weights
