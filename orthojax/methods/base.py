@@ -114,6 +114,22 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return value
 
 
+def _check_real(value: Any, what: str, name: str) -> float:
+    """A finite real hyper-parameter as a float (TypeError: not a real number; ValueError: inf or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a real number; got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: {what} must be finite; got {value}")
+    return value
+
+
+def _check_num_tasks(num_tasks: Any, name: str) -> None:
+    """``init``'s ``num_tasks``: an integer >= 1 (ValueError naming the method ``name`` otherwise)."""
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral) or num_tasks < 1:
+        raise ValueError(f"{name} needs at least one task; got num_tasks={num_tasks!r}")
+
+
 def task_losses_and_aux(problem: MultiTaskProblem, params: PyTree, batch: Any, rng: jax.Array):
     """Calls ``problem.task_losses(params, batch, rng)`` and checks it against the task-loss contract
     (:func:`orthojax.task_losses.check_task_losses`): returns ``(losses (T,), aux)``.

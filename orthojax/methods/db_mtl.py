@@ -26,13 +26,13 @@ References:
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import _check_num_tasks, _check_real
 from orthojax.select import Selection, make_selection
 from orthojax.methods.registry import register
 
@@ -140,20 +140,6 @@ def _check_buffer(buffer_leaves: list, selection: Selection, name: str) -> None:
     if got != shapes:
         raise ValueError(f"{name}: the state's buffer has leaf shapes {got} but the parameters have {shapes}; "
                          f"initialise the state with method.init(params, num_tasks) for these parameters")
-
-
-def _check_num_tasks(num_tasks: Any, name: str) -> None:
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral) or num_tasks < 1:
-        raise ValueError(f"{name} needs at least one task; got num_tasks={num_tasks!r}")
-
-
-def _check_real(value: Any, what: str, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: {what} must be a real number; got {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name}: {what} must be finite; got {value}")
-    return value
 
 
 class DBMTLState(NamedTuple):

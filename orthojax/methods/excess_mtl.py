@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
-from orthojax.methods.db_mtl import _check_buffer, _check_num_tasks, _task_buffer, shared_jacobian
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks
+from orthojax.methods.db_mtl import _check_buffer, _task_buffer, shared_jacobian
 from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.registry import register
 

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks, task_losses_and_aux
 from orthojax.methods.registry import register
 
 PyTree = Any
@@ -70,8 +70,7 @@ def gls() -> Method:
     """
 
     def init(params: PyTree, num_tasks: int) -> tuple:
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"gls needs at least one task; got num_tasks={num_tasks!r}")
+        _check_num_tasks(num_tasks, "gls")
         return ()
 
     def step(problem: MultiTaskProblem, params: PyTree, state: tuple, batch: Any, rng: jax.Array) -> MethodStep:

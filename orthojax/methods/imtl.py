@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import optax
 
 from orthojax.methods import gramian as gm
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
-from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks
+from orthojax.methods.db_mtl import shared_jacobian
 from orthojax.methods.gradnorm import copy_leaves, param_dtype
 from orthojax.methods.registry import register
 

@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from orthojax.aggregators.gramian import gramian
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, check_positive
-from orthojax.methods.db_mtl import _check_buffer, _check_num_tasks, _task_buffer, shared_jacobian, task_norms
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks, check_positive
+from orthojax.methods.db_mtl import _check_buffer, _task_buffer, shared_jacobian, task_norms
 from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.modo import project_to_simplex
 from orthojax.methods.registry import register

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 
 from orthojax.methods import gramian as gm
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem
-from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks
+from orthojax.methods.db_mtl import shared_jacobian
 from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.registry import register
 

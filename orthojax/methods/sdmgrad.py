@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 
 from orthojax.aggregators.gramian import combine
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, check_positive
-from orthojax.methods.db_mtl import _check_num_tasks, shared_jacobian
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks, check_positive
+from orthojax.methods.db_mtl import shared_jacobian
 from orthojax.methods.gradnorm import param_dtype, power_of_two_scale
 from orthojax.methods.modo import project_to_simplex, split_batch
 from orthojax.methods.registry import register

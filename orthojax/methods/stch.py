@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_num_tasks, task_losses_and_aux
 from orthojax.methods.gradnorm import param_dtype
 from orthojax.methods.registry import RunContext, register
 
@@ -128,8 +128,7 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, *, steps_per_epoch: int) -> Me
     steps_per_epoch = _check_int(steps_per_epoch, "steps_per_epoch", 1)
 
     def init(params: PyTree, num_tasks: int) -> STCHState:
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral) or num_tasks < 1:
-            raise ValueError(f"stch needs at least one task; got num_tasks={num_tasks!r}")
+        _check_num_tasks(num_tasks, "stch")
         return STCHState(jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,), param_dtype(params)),
                          jnp.zeros((), jnp.int32))
 

@@ -14,14 +14,13 @@ The state (s and its optimiser state) has the floating dtype of the parameters (
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, task_losses_and_aux
+from orthojax.methods.base import Method, MethodStep, MultiTaskProblem, _check_real, task_losses_and_aux
 from orthojax.methods.gradnorm import copy_leaves, param_dtype
 from orthojax.methods.registry import register
 
@@ -42,15 +41,6 @@ class UncertaintyState(NamedTuple):
 
     log_vars: jax.Array
     opt_state: Any
-
-
-def _check_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite; got {value}")
-    return value
 
 
 def uncertainty(
@@ -85,11 +75,11 @@ def uncertainty(
       and Semantics", CVPR 2018. Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention"
       (MTAN), CVPR 2019. Lin & Zhang, LibMTL, JMLR 2023.
     """
-    init_log_var = _check_real("uncertainty: init_log_var", init_log_var)
+    init_log_var = _check_real(init_log_var, "init_log_var", "uncertainty")
     if form not in _FORMS:
         raise ValueError(f"uncertainty: form must be one of {_FORMS}; got {form!r}")
     if optimizer is None:
-        learning_rate = _check_real("uncertainty: learning_rate", learning_rate)
+        learning_rate = _check_real(learning_rate, "learning_rate", "uncertainty")
         if learning_rate <= 0:
             raise ValueError(f"uncertainty: learning_rate must be > 0; got {learning_rate}")
         optimizer = optax.adam(learning_rate)
