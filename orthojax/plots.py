@@ -116,6 +116,17 @@ def _check_cosines_by_method(cosines_by_method: Mapping[str, Any], min_steps: in
     return out
 
 
+def _pair_figure(data: Mapping[str, np.ndarray], pair_names: Optional[Sequence[str]], path: str | Path,
+                 colours: Optional[Mapping[str, Any]], panel_size: tuple[float, float]):
+    """One panel per task pair, side by side: ``(names, colours, fig, axes)`` after checking ``pair_names``
+    against the pairs of ``data`` (step, pair) arrays and ``path`` (ValueError, before anything is drawn)."""
+    n_pairs = next(iter(data.values())).shape[1]
+    names = _check_pair_names(pair_names, n_pairs)
+    _check_path(path)
+    fig, axes = _new_figure(n_pairs, 1, size=panel_size)
+    return names, method_colours(list(data), colours), fig, axes
+
+
 def cosine_axis_limits(cosines: Sequence[Any], lower: float = 0.5, upper: float = 99.5, pad: float = 0.1,
                        min_width: float = 0.02) -> tuple[float, float]:
     """The x range of a cosine histogram, fitted to the data.
@@ -203,11 +214,7 @@ def plot_cosine_distributions(cosines_by_method: Mapping[str, Any], path: str | 
         bins = histogram_bins(min(c.shape[0] for c in data.values()))
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
-    n_pairs = next(iter(data.values())).shape[1]
-    names = _check_pair_names(pair_names, n_pairs)
-    _check_path(path)
-    colours = method_colours(list(data), colours)
-    fig, axes = _new_figure(n_pairs, 1, size=(5.2, 3.8))
+    names, colours, fig, axes = _pair_figure(data, pair_names, path, colours, (5.2, 3.8))
     for k, ax in enumerate(axes[0]):
         lo, hi = cosine_axis_limits([c[:, k] for c in data.values()])
         edges = np.linspace(lo, hi, bins + 1)
@@ -282,11 +289,7 @@ def plot_rolling_sigma(cosines_by_method: Mapping[str, Any], path: str | Path, w
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
     data = _check_cosines_by_method(cosines_by_method, min_steps=window)
-    n_pairs = next(iter(data.values())).shape[1]
-    names = _check_pair_names(pair_names, n_pairs)
-    _check_path(path)
-    colours = method_colours(list(data), colours)
-    fig, axes = _new_figure(n_pairs, 1, size=(5.2, 3.6))
+    names, colours, fig, axes = _pair_figure(data, pair_names, path, colours, (5.2, 3.6))
     for k, ax in enumerate(axes[0]):
         for name, c in data.items():
             ax.plot(np.arange(window, c.shape[0] + 1), rolling_sigma(c[:, k], window), label=name,
