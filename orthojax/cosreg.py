@@ -259,11 +259,16 @@ def loss_with_cosreg(
       KeyError: ``wrt`` names no parameter.
 
     Example:
-      >>> def task_losses(params, batch):
-      ...     outs = model.apply({"params": params}, batch["image"])
-      ...     return jnp.stack([xent(outs[0], batch["label"][:, 0]), xent(outs[1], batch["label"][:, 1])])
+      >>> import jax, jax.numpy as jnp
+      >>> params = {"encoder": {"w": jnp.eye(3, 4) + 0.1}, "heads": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)}
+      >>> def task_losses(params, x, y):                     # -> (T,) = (2,)
+      ...     predictions = jnp.tanh(x @ params["encoder"]["w"]) @ params["heads"]
+      ...     return jnp.mean((predictions - y) ** 2, axis=0)
+      >>> x, y = jnp.linspace(-1.0, 1.0, 24).reshape(8, 3), jnp.ones((8, 2))
       >>> (total, aux), grads = jax.value_and_grad(loss_with_cosreg, argnums=1, has_aux=True)(
-      ...     task_losses, params, batch, wrt="encoder/conv2", alpha=10.0)
+      ...     task_losses, params, x, y, wrt="encoder/w", alpha=10.0)
+      >>> aux.cosine.shape, grads["encoder"]["w"].shape
+      ((2, 2), (3, 4))
 
     References:
       Suteu & Guo, "Regularizing Deep Multi-Task Networks using Orthogonal Gradients", eq. (5).
@@ -329,12 +334,19 @@ def loss_with_cosreg_split(
       TypeError: a ``jax.custom_vjp`` function in the model (use ``loss_with_cosreg(...,
         implementation="reference")``).
 
-    Example:
-      >>> encode = lambda p, x, labels: model.apply({"params": p}, x, method="encode")
-      >>> decode = lambda p, zs, extras, x, labels: task_losses(model.apply({"params": p}, zs, extras,
-      ...                                                                   method="decode"), labels)
+    Example (the model of :func:`loss_with_cosreg`'s example, split after the encoder):
+      >>> import jax, jax.numpy as jnp
+      >>> params = {"encoder": {"w": jnp.eye(3, 4) + 0.1}, "heads": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)}
+      >>> x, y = jnp.linspace(-1.0, 1.0, 24).reshape(8, 3), jnp.ones((8, 2))
+      >>> def encode(p, x, y):                               # -> (zs: one representation per task, extras)
+      ...     z = jnp.tanh(x @ p["encoder"]["w"])
+      ...     return (z, z), None
+      >>> def decode(p, zs, extras, x, y):                   # -> (T,); task t reads zs[t] only
+      ...     return jnp.stack([jnp.mean((zs[t] @ p["heads"][:, t] - y[:, t]) ** 2) for t in range(2)])
       >>> (total, aux), grads = jax.value_and_grad(loss_with_cosreg_split, argnums=2, has_aux=True)(
-      ...     encode, decode, params, images, labels, wrt="encoder/conv2", alpha=10.0)
+      ...     encode, decode, params, x, y, wrt="encoder/w", alpha=10.0)
+      >>> aux.cosine.shape
+      (2, 2)
     """
     _check_alpha(alpha)
     terms = second_order.split_objective(

@@ -308,8 +308,13 @@ def task_gradients(
       subtree with a leading task axis T on every leaf.
 
     Example:
-      >>> losses, grads = task_gradients(fn, params, batch, wrt="encoder/conv2")
-      >>> grads["kernel"].shape  # (T, kh, kw, c_in, c_out)
+      >>> import jax.numpy as jnp
+      >>> params = {"encoder": {"kernel": jnp.eye(3, 4) + 0.1}, "heads": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)}
+      >>> def fn(params, x):                                 # -> (T,) = (2,)
+      ...     return jnp.mean(jnp.tanh(x @ params["encoder"]["kernel"]) @ params["heads"], axis=0) ** 2
+      >>> losses, grads = task_gradients(fn, params, jnp.linspace(-1.0, 1.0, 24).reshape(8, 3), wrt="encoder")
+      >>> grads["kernel"].shape                               # (T, d_in, d_out)
+      (2, 3, 4)
     """
     losses, jacobian, aux, selection = task_jacobian(
         task_losses_fn, params, *args, wrt=wrt, has_aux=has_aux, axis_name=axis_name

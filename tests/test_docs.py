@@ -2,7 +2,9 @@
 (``>>>``) of the orthojax package.
 
 The code blocks of one page run in order in one namespace, as a reader pasting them into one session
-would; a block fenced as ``text``, ``bash`` or anything other than ``python`` is not run.
+would; a block fenced as ``text``, ``bash`` or anything other than ``python`` is not run. The examples of
+the method modules start from a small 3-task ``problem`` and its ``params``, ``batch`` and ``rng``
+(:func:`_method_example_globals`), as the package's own example (``orthojax.methods``) builds one.
 """
 
 from __future__ import annotations
@@ -56,8 +58,33 @@ def _modules_with_examples() -> list[str]:
     return names
 
 
+def _method_example_globals() -> dict:
+    """What the method modules' examples assume, as a reader of :mod:`orthojax.methods` has it: a 3-task
+    ``problem`` (a shared tanh encoder, one linear output per task), its ``params``, a ``batch`` of 8
+    examples (batch axis first, so that it can be halved), an ``rng`` and a ``loader`` of 4 batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from orthojax.methods import MultiTaskProblem
+
+    def task_losses(params, batch, rng):
+        x, ys = batch
+        predictions = jnp.tanh(x @ params["encoder"]["kernel"]) @ params["heads"]["kernel"]   # (B, 3)
+        return jnp.mean((predictions - ys) ** 2, axis=0), None
+
+    params = {"encoder": {"kernel": jnp.linspace(-0.5, 0.5, 12).reshape(3, 4)},
+              "heads": {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}}
+    x = jnp.linspace(-1.0, 1.0, 24).reshape(8, 3)
+    batch = (x, jnp.stack([jnp.sin(x[:, 0]), jnp.cos(x[:, 1]), x[:, 2] ** 2], axis=1))
+    problem = MultiTaskProblem(task_losses, last_shared="encoder", shared="encoder")
+    return {"jax": jax, "jnp": jnp, "params": params, "problem": problem, "batch": batch,
+            "rng": jax.random.key(0), "loader": [batch] * 4}
+
+
 @pytest.mark.parametrize("name", _modules_with_examples())
 def test_docstring_examples_run(name: str):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    extra = _method_example_globals() if name.startswith("orthojax.methods.") else None
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False,
+                             extraglobs=extra)
     assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed"

@@ -220,7 +220,9 @@ def recon(
       KeyError: an unknown base. TypeError: a hyper-parameter ``base`` does not take.
 
     Example:
-      >>> method = recon(layers=("encoder/conv1", "encoder/conv2"), stage1_base=equal())
+      >>> method = recon(layers=("encoder/conv1", "encoder/conv2"), base="cosreg", k=1, s=-0.02)
+      >>> method.name
+      'recon'
 
     References:
       Shi, Ren, Zhang, Chen & Cao, "Recon: Reducing Conflicting Gradients from the Root for Multi-Task
