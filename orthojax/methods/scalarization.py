@@ -82,10 +82,14 @@ def single_task(task: int) -> Method:
     Raises:
       ValueError: a negative or non-integer index; at ``init``, an index >= T.
 
-    Example::
-
-        method = single_task(1)
-        state = method.init(params, num_tasks=3)   # SingleTaskState(weights=[0., 1., 0.])
+    Example:
+      >>> method = single_task(1)
+      >>> state = method.init(params, 3)
+      >>> state.weights
+      Array([0., 1., 0.], dtype=float32)
+      >>> out = method.step(problem, params, state, batch, rng)
+      >>> bool(out.loss == out.task_losses[1])
+      True
     """
     if isinstance(task, bool) or not isinstance(task, int) or task < 0:
         raise ValueError(f"single_task: task must be a non-negative task index; got {task!r}")
