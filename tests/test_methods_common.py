@@ -184,14 +184,11 @@ class Compiled:
         self.step = jax.jit(lambda p, s, b, r: method.step(problem, p, s, b, r))
 
 
-_COMPILED: dict = {}
-
-
-@pytest.fixture(params=sorted(METHOD_TABLE))
+@pytest.fixture(scope="module", params=sorted(METHOD_TABLE))
 def compiled(request):
-    if request.param not in _COMPILED:
-        _COMPILED[request.param] = Compiled(request.param)
-    return request.param, _COMPILED[request.param]
+    """Module scope: pytest runs the tests of one method together, so a worker process that compiles a
+    method's step runs all of its tests (the tests read ``Compiled`` and never write to it)."""
+    return request.param, Compiled(request.param)
 
 
 _sgd = jax.jit(lambda params, grads: jax.tree.map(lambda p, g: p - 0.01 * g, params, grads))
@@ -264,7 +261,7 @@ def test_rotograd_methods_require_encode_and_decode():
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
