@@ -79,7 +79,7 @@ from orthojax.methods.gradnorm import GradNormState, gradnorm
 from orthojax.methods.loss_balancing import DWAState, FAMOState, dwa, famo
 from orthojax.methods.recon import ReconState, recon
 from orthojax.methods.rotograd import RotoGradState, rotate_only, rotograd, rotograd_norm
-from orthojax.methods.scalarization import equal, single_task, weighted_sum
+from orthojax.methods.scalarization import SingleTaskState, equal, single_task, weighted_sum
 from orthojax.methods.uncertainty import UncertaintyState, uncertainty
 
 # the field's other spellings of the gradient-aggregation methods (LibMTL, TorchJD, the papers' tables)
@@ -178,4 +178,5 @@ __all__ = [
     "MoDoState",
     "SDMGradState",
     "STCHState",
+    "SingleTaskState",
 ]
