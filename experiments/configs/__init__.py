@@ -29,7 +29,7 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-__all__ = ["CONFIG_FILE", "RESUMABLE_FIELDS", "ConfigError", "ExperimentConfig", "Train", "apply_override",
+__all__ = ["CONFIG_FILE", "RESUMABLE_FIELDS", "ConfigError", "ExperimentConfig", "Train", "apply_override", "preset_getter",
            "apply_overrides", "config_changes", "config_from_dict", "config_to_dict", "flatten", "load_config",
            "method_key", "parse_bool", "parse_field", "parse_seeds", "save_config", "split_override"]
 
@@ -251,6 +251,23 @@ class ExperimentConfig:
 # ------------------------------------------------------------------------------------------------------------
 # Overrides
 # ------------------------------------------------------------------------------------------------------------
+
+def preset_getter(experiment: str, presets: Mapping[str, Callable[[], "ExperimentConfig"]]
+                  ) -> Callable[[str], "ExperimentConfig"]:
+    """``get_config(preset="quick") -> ExperimentConfig`` for an experiment whose presets are functions.
+
+    Raises (from the returned function):
+      ConfigError: an unknown preset (the message lists the experiment's presets).
+    """
+    def get_config(preset: str = "quick") -> ExperimentConfig:
+        if preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r} for {experiment}; presets: {', '.join(presets)}")
+        return presets[preset]()
+
+    get_config.__doc__ = (f"The {experiment} configuration of ``preset`` ({', '.join(map(repr, presets))}).\n\n"
+                          f"    Raises:\n      ConfigError: an unknown preset.\n")
+    return get_config
+
 
 def split_override(text: str) -> tuple[str, str]:
     """``"train.lr=3e-4"`` -> ``("train.lr", "3e-4")``.

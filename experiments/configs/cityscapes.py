@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from experiments.configs import ConfigError, ExperimentConfig, Train
+from experiments.configs import ConfigError, ExperimentConfig, Train, preset_getter
 from experiments.configs.dense import check_sizes
 
 __all__ = ["ARCHITECTURES", "CityscapesData", "CityscapesModel", "PRESETS", "QUICK_ROWS", "TABLE_ROWS", "get_config"]
@@ -91,23 +91,23 @@ class CityscapesModel:
             raise ConfigError(f"model.batchnorm must be true or false; got {self.batchnorm!r}")
 
 
-def get_config(preset: str = "quick") -> ExperimentConfig:
-    """The Cityscapes configuration of ``preset`` ("quick" or "paper").
+def quick() -> ExperimentConfig:
+    """The quick preset: a CPU-sized run of SegNet-MTAN on small synthetic street scenes."""
+    return ExperimentConfig(
+        experiment="cityscapes", preset="quick",
+        train=Train(epochs=2, batch_size=8, lr=1e-3, seeds=(0,), eval_batch_size=16),
+        data=CityscapesData(synthetic_sizes=(32, 16), image_size=(32, 64), last_epochs=1),
+        model=CityscapesModel(width=1 / 16, batchnorm=False), rows=QUICK_ROWS, methods={"cosreg": {"alpha": 10.0}})
 
-    Raises:
-      ConfigError: an unknown preset.
-    """
-    if preset == "quick":
-        return ExperimentConfig(
-            experiment="cityscapes", preset="quick",
-            train=Train(epochs=2, batch_size=8, lr=1e-3, seeds=(0,), eval_batch_size=16),
-            data=CityscapesData(synthetic_sizes=(32, 16), image_size=(32, 64), last_epochs=1),
-            model=CityscapesModel(width=1 / 16, batchnorm=False), rows=QUICK_ROWS, methods={"cosreg": {"alpha": 10.0}})
-    if preset == "paper":
-        return ExperimentConfig(
-            experiment="cityscapes", preset="paper",
-            train=Train(epochs=200, batch_size=8, lr=1e-4, seeds=(0,), eval_batch_size=8, lr_decay_every_epochs=100,
-                        lr_decay_factor=0.5),
-            data=CityscapesData(synthetic_sizes=(2975, 500), image_size=(128, 256), last_epochs=10),
-            model=CityscapesModel(width=1.0), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 10.0}})
-    raise ConfigError(f"unknown preset {preset!r} for cityscapes; presets: {', '.join(PRESETS)}")
+
+def paper() -> ExperimentConfig:
+    """The paper preset: the published protocol."""
+    return ExperimentConfig(
+        experiment="cityscapes", preset="paper",
+        train=Train(epochs=200, batch_size=8, lr=1e-4, seeds=(0,), eval_batch_size=8, lr_decay_every_epochs=100,
+                    lr_decay_factor=0.5),
+        data=CityscapesData(synthetic_sizes=(2975, 500), image_size=(128, 256), last_epochs=10),
+        model=CityscapesModel(width=1.0), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 10.0}})
+
+
+get_config = preset_getter("cityscapes", {"quick": quick, "paper": paper})

@@ -8,7 +8,7 @@ from typing import Optional
 
 from experiments.configs import ConfigError
 
-__all__ = ["SegNetModel", "check_sizes"]
+__all__ = ["SegNetModel", "check_scene_sizes", "check_sizes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,3 +45,14 @@ def check_sizes(field: str, value, count: int, optional: bool = False) -> None:
     if not (isinstance(value, tuple) and len(value) == count
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
         raise ConfigError(f"{field} must be {count} integers >= 1{' or none' if optional else ''}; got {value!r}")
+
+
+def check_scene_sizes(data) -> None:
+    """A dense data section's ``synthetic_sizes`` (train, test), ``image_size`` and ``target_size`` (height,
+    width) are each two integers >= 1.
+
+    Raises:
+      ConfigError: the first that is not (named as ``data.<field>``).
+    """
+    for name in ("synthetic_sizes", "image_size", "target_size"):
+        check_sizes(f"data.{name}", getattr(data, name), 2)

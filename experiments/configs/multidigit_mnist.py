@@ -16,7 +16,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from experiments.configs import ConfigError, ExperimentConfig, Train
+from experiments.configs import ConfigError, ExperimentConfig, Train, preset_getter
 from experiments.configs.dense import check_sizes
 
 __all__ = ["CNNModel", "MultiDigitData", "PRESETS", "SweepGrid", "TABLE_ROWS", "get_config"]
@@ -97,23 +97,23 @@ class SweepGrid:
             raise ConfigError(f"sweep.lrs must be a non-empty list of numbers > 0; got {self.lrs!r}")
 
 
-def get_config(preset: str = "quick") -> ExperimentConfig:
-    """The MultiDigitMNIST configuration of ``preset`` ("quick" or "paper").
+def quick() -> ExperimentConfig:
+    """The quick preset: a CPU-sized run on the embedded MNIST digits."""
+    return ExperimentConfig(
+        experiment="multidigit_mnist", preset="quick",
+        train=Train(epochs=4, batch_size=64, lr=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True),
+        data=MultiDigitData(sizes=(2000, 500, 1000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
+        methods={"cosreg": {"alpha": 0.1}}, sweep=SweepGrid())
 
-    Raises:
-      ConfigError: an unknown preset.
-    """
-    if preset == "quick":
-        return ExperimentConfig(
-            experiment="multidigit_mnist", preset="quick",
-            train=Train(epochs=4, batch_size=64, lr=1e-3, seeds=(0,), eval_batch_size=500, vmap_seeds=True),
-            data=MultiDigitData(sizes=(2000, 500, 1000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
-            methods={"cosreg": {"alpha": 0.1}}, sweep=SweepGrid())
-    if preset == "paper":
-        return ExperimentConfig(
-            experiment="multidigit_mnist", preset="paper",
-            train=Train(epochs=10, batch_size=64, lr=1e-3, seeds=(0, 1, 2, 3, 4), eval_batch_size=1000,
-                        vmap_seeds=True),
-            data=MultiDigitData(sizes=(16000, 4000, 5000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
-            methods={"cosreg": {"alpha": 10.0}}, sweep=SweepGrid())
-    raise ConfigError(f"unknown preset {preset!r} for multidigit_mnist; presets: {', '.join(PRESETS)}")
+
+def paper() -> ExperimentConfig:
+    """The paper preset: the published protocol."""
+    return ExperimentConfig(
+        experiment="multidigit_mnist", preset="paper",
+        train=Train(epochs=10, batch_size=64, lr=1e-3, seeds=(0, 1, 2, 3, 4), eval_batch_size=1000,
+                    vmap_seeds=True),
+        data=MultiDigitData(sizes=(16000, 4000, 5000)), model=CNNModel(filters=20), rows=TABLE_ROWS,
+        methods={"cosreg": {"alpha": 10.0}}, sweep=SweepGrid())
+
+
+get_config = preset_getter("multidigit_mnist", {"quick": quick, "paper": paper})

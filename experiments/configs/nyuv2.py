@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from experiments.configs import ConfigError, ExperimentConfig, Train
-from experiments.configs.dense import SegNetModel, check_sizes
+from experiments.configs import ConfigError, ExperimentConfig, Train, preset_getter
+from experiments.configs.dense import SegNetModel, check_scene_sizes
 
 __all__ = ["NYUv2Data", "PRESETS", "TABLE_ROWS", "get_config"]
 
@@ -57,30 +57,28 @@ class NYUv2Data:
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"data.{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        check_sizes("data.synthetic_sizes", self.synthetic_sizes, 2)
-        check_sizes("data.image_size", self.image_size, 2)
-        check_sizes("data.target_size", self.target_size, 2)
+        check_scene_sizes(self)
 
 
-def get_config(preset: str = "quick") -> ExperimentConfig:
-    """The NYUv2 configuration of ``preset`` ("quick" or "paper").
+def quick() -> ExperimentConfig:
+    """The quick preset: a small CPU-sized run on the embedded synthetic scenes."""
+    return ExperimentConfig(
+        experiment="nyuv2", preset="quick",
+        train=Train(epochs=10, batch_size=8, lr=3e-3, seeds=(0,), eval_batch_size=16, lr_decay_every_epochs=3,
+                    lr_decay_factor=0.5),
+        data=NYUv2Data(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
+        model=SegNetModel(width=1 / 16), rows=TABLE_ROWS,
+        methods={"cosreg": {"alpha": 1.0, "scale_alpha_by_loss": True}})
 
-    Raises:
-      ConfigError: an unknown preset.
-    """
-    if preset == "quick":
-        return ExperimentConfig(
-            experiment="nyuv2", preset="quick",
-            train=Train(epochs=10, batch_size=8, lr=3e-3, seeds=(0,), eval_batch_size=16, lr_decay_every_epochs=3,
-                        lr_decay_factor=0.5),
-            data=NYUv2Data(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
-            model=SegNetModel(width=1 / 16), rows=TABLE_ROWS,
-            methods={"cosreg": {"alpha": 1.0, "scale_alpha_by_loss": True}})
-    if preset == "paper":
-        return ExperimentConfig(
-            experiment="nyuv2", preset="paper",
-            train=Train(epochs=25, batch_size=2, lr=1e-4, seeds=(0,), eval_batch_size=2),
-            data=NYUv2Data(synthetic_sizes=(795, 654), image_size=(320, 320), target_size=(80, 80)),
-            model=SegNetModel(width=1.0), rows=TABLE_ROWS,
-            methods={"cosreg": {"alpha": 10.0, "scale_alpha_by_loss": True}})
-    raise ConfigError(f"unknown preset {preset!r} for nyuv2; presets: {', '.join(PRESETS)}")
+
+def paper() -> ExperimentConfig:
+    """The paper preset: the published protocol."""
+    return ExperimentConfig(
+        experiment="nyuv2", preset="paper",
+        train=Train(epochs=25, batch_size=2, lr=1e-4, seeds=(0,), eval_batch_size=2),
+        data=NYUv2Data(synthetic_sizes=(795, 654), image_size=(320, 320), target_size=(80, 80)),
+        model=SegNetModel(width=1.0), rows=TABLE_ROWS,
+        methods={"cosreg": {"alpha": 10.0, "scale_alpha_by_loss": True}})
+
+
+get_config = preset_getter("nyuv2", {"quick": quick, "paper": paper})

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from experiments.configs import ConfigError, ExperimentConfig, Train
-from experiments.configs.dense import SegNetModel, check_sizes
+from experiments.configs import ConfigError, ExperimentConfig, Train, preset_getter
+from experiments.configs.dense import SegNetModel, check_scene_sizes
 
 __all__ = ["PRESETS", "SUNRGBDData", "TABLE_ROWS", "get_config"]
 
@@ -49,28 +49,26 @@ class SUNRGBDData:
     def __post_init__(self):
         if self.depth_format not in ("png10000", "toolbox"):
             raise ConfigError(f"data.depth_format must be one of png10000, toolbox; got {self.depth_format!r}")
-        check_sizes("data.synthetic_sizes", self.synthetic_sizes, 2)
-        check_sizes("data.image_size", self.image_size, 2)
-        check_sizes("data.target_size", self.target_size, 2)
+        check_scene_sizes(self)
 
 
-def get_config(preset: str = "quick") -> ExperimentConfig:
-    """The SUN RGB-D configuration of ``preset`` ("quick" or "paper").
+def quick() -> ExperimentConfig:
+    """The quick preset: a small CPU-sized run on the embedded synthetic scenes."""
+    return ExperimentConfig(
+        experiment="sunrgbd", preset="quick",
+        train=Train(epochs=10, batch_size=8, lr=3e-3, seeds=(0,), eval_batch_size=16),
+        data=SUNRGBDData(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
+        model=SegNetModel(width=1 / 16), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 1.0}})
 
-    Raises:
-      ConfigError: an unknown preset.
-    """
-    if preset == "quick":
-        return ExperimentConfig(
-            experiment="sunrgbd", preset="quick",
-            train=Train(epochs=10, batch_size=8, lr=3e-3, seeds=(0,), eval_batch_size=16),
-            data=SUNRGBDData(synthetic_sizes=(96, 48), image_size=(64, 64), target_size=(16, 16)),
-            model=SegNetModel(width=1 / 16), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 1.0}})
-    if preset == "paper":
-        return ExperimentConfig(
-            experiment="sunrgbd", preset="paper",
-            train=Train(epochs=25, batch_size=3, lr=1e-4, seeds=(0,), eval_batch_size=3, lr_decay_every_epochs=2,
-                        lr_decay_factor=0.5),
-            data=SUNRGBDData(synthetic_sizes=(5285, 5050), image_size=(320, 320), target_size=(80, 80)),
-            model=SegNetModel(width=1.0), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 10.0}})
-    raise ConfigError(f"unknown preset {preset!r} for sunrgbd; presets: {', '.join(PRESETS)}")
+
+def paper() -> ExperimentConfig:
+    """The paper preset: the published protocol."""
+    return ExperimentConfig(
+        experiment="sunrgbd", preset="paper",
+        train=Train(epochs=25, batch_size=3, lr=1e-4, seeds=(0,), eval_batch_size=3, lr_decay_every_epochs=2,
+                    lr_decay_factor=0.5),
+        data=SUNRGBDData(synthetic_sizes=(5285, 5050), image_size=(320, 320), target_size=(80, 80)),
+        model=SegNetModel(width=1.0), rows=TABLE_ROWS, methods={"cosreg": {"alpha": 10.0}})
+
+
+get_config = preset_getter("sunrgbd", {"quick": quick, "paper": paper})
