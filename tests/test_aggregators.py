@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,10 +48,6 @@ def _as_tree(J):
     """The same Jacobian as a pytree of (T, ...) leaves: columns 0-1 as (T, 2, 1), the rest as (T, P - 2)."""
     T = J.shape[0]
     return {"a": jnp.reshape(J[:, :2], (T, 2, 1)), "b": {"c": J[:, 2:]}}
-
-
-def _flat(tree):
-    return np.concatenate([np.ravel(tree["a"]), np.ravel(tree["b"]["c"])])
 
 
 def _make(name, **extra):
@@ -106,9 +103,11 @@ def test_array_pytree_jit_and_weights_agree(name, x64):
     d_tree, state_tree = aggregate(_as_tree(jnp.asarray(J)))
     d_jit, _ = jax.jit(aggregate)(jnp.asarray(J))
     assert state is None and state_tree is None
-    assert d.shape == (J.shape[1],) and d.dtype == jnp.float64
-    np.testing.assert_allclose(_flat(d_tree), np.asarray(d), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(np.asarray(d_jit), np.asarray(d), rtol=1e-12, atol=1e-14)
+    chex.assert_shape(d, (J.shape[1],))
+    chex.assert_type(d, jnp.float64)
+    # the pytree's direction has the Jacobian's leaf structure, each leaf the matching slice of d
+    chex.assert_trees_all_close(d_tree, {"a": jnp.reshape(d[:2], (2, 1)), "b": {"c": d[2:]}}, rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(d_jit, d, rtol=1e-12, atol=1e-14)
     # the direction is combine(weights, J) with the weights of the Gramian weighting on a NumPy Gramian
     kwargs = dict(TORCHJD_SETTINGS[name][0])
     kwargs.pop("random_order", None)
