@@ -29,6 +29,7 @@ REQUIRED = {
     "rotograd_norm": dict(latent_size=FEATURES),
     "recon": dict(layers=("encoder/conv1",)),
     "trimmed_mean": dict(trim_number=0),
+    "stch": dict(steps_per_epoch=2),
 }
 
 
