@@ -5,7 +5,6 @@ are worked out by hand (or in float64 NumPy) on this example: gt normals (0,0,1)
 (1/sqrt2,-1/sqrt2,0), (0,1,0) with predictions at 10, any, 40 and 20 degrees from them.
 """
 
-import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -134,13 +133,10 @@ def test_dwa_period_is_one_epoch_in_the_experiments(monkeypatch, tmp_path):
     assert "period" not in _method_kwargs(monkeypatch, tmp_path, "equal", {})["kwargs"]
 
 
-def test_dwa_protocol_line_names_the_epoch_period():
-    settings = runner.RunSettings(epochs=1, batch_size=3, learning_rate=1e-3, seeds=(0,))
-    dwa_row = runner.Row("dwa", "DWA", "dwa")
-    assert dense.dwa_protocol([dense.DENSE_ROWS["equal"]], settings, 10) == {}
-    assert dense.dwa_protocol([dwa_row], settings, 10) == {
-        "DWA": "weights from the task losses averaged over one epoch (3 steps)"}
-    fixed = runner.Row("dwa", "DWA", "dwa", method_kwargs={"period": 5})
-    assert "5 steps" in dense.dwa_protocol([fixed], settings, 10)["DWA"]
-    recon = runner.Row("recon", "Recon", "recon")
-    assert dense.dwa_protocol([recon], dataclasses.replace(settings, recon_base="dwa"), 10) != {}
+def test_dwa_period_is_one_epoch_of_the_run_unless_set():
+    """DWA averages the task losses over one epoch (MTAN): its period comes from the run's context."""
+    from orthojax.methods import RunContext, method_spec
+
+    context = RunContext(num_tasks=3, learning_rate=1e-3, steps_per_epoch=3, latent_size=None)
+    assert method_spec("dwa").complete({}, context)["period"] == 3
+    assert method_spec("dwa").complete({"period": 5}, context)["period"] == 5
