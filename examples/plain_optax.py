@@ -50,15 +50,15 @@ def task_losses(params, x, y):                       # the task-loss contract: (
 
 def train_aggregated(aggregate, params, x, y, steps, optimizer):
     @jax.jit
-    def step(params, opt_state, agg_state):
+    def step(params, opt_state, agg_state, key):
         jacobian = jax.jacrev(task_losses)(params, x, y)              # leaves (T, ...)
-        direction, agg_state = aggregate(jacobian, agg_state)          # leaves shaped like params
+        direction, agg_state = aggregate(jacobian, agg_state, key=key)  # leaves shaped like params
         updates, opt_state = optimizer.update(direction, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, agg_state
 
     opt_state, agg_state = optimizer.init(params), None
-    for _ in range(steps):
-        params, opt_state, agg_state = step(params, opt_state, agg_state)
+    for i in range(steps):   # a key per step: randomised aggregators (PCGrad, GradDrop, GradVac) need one
+        params, opt_state, agg_state = step(params, opt_state, agg_state, jax.random.fold_in(jax.random.key(1), i))
     return params
 
 

@@ -519,6 +519,9 @@ def parse_command(experiment: Experiment, argv: Optional[Sequence[str]] = None) 
         if saved is None and args.eval_only:
             parser.error(f"--eval-only: {os.path.join(workdir, 'config.json')} does not exist; give the --workdir "
                          f"of a table run by this version")
+        if saved is None and args.resume:
+            parser.error(f"--resume: {os.path.join(workdir, 'config.json')} does not exist, so there is no table to "
+                         f"resume in {workdir}; check --workdir, or start the table without --resume")
         if saved is not None:
             if args.preset is not None and args.preset != saved.preset:
                 parser.error(f"--preset {args.preset}: the table in {workdir} was run with preset {saved.preset!r}")

@@ -239,11 +239,16 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
       SystemExit: :data:`EXIT_FAILED_RUNS` after writing the results when runs failed; 128 + the signal
         when a signal stopped the command (no results written; ``--resume`` continues it).
     """
-    rows, settings = check_rows(rows, settings)  # every row, before the first one trains
-    rows, not_run = split_unsupported(
-        rows, lambda row: (unsupported(row) if unsupported else None) or missing_hyperparameters(bench, settings, row))
-    WorkdirLock(workdir).check()  # another command on this workdir: said first
-    check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
+    try:
+        rows, settings = check_rows(rows, settings)  # every row, before the first one trains
+        rows, not_run = split_unsupported(
+            rows,
+            lambda row: (unsupported(row) if unsupported else None) or missing_hyperparameters(bench, settings, row))
+        WorkdirLock(workdir).check()  # another command on this workdir: said first
+        check_table(bench, settings, rows, workdir)  # every run's settings and workdir, changing nothing
+    except (KeyError, ValueError, TypeError) as error:
+        error.refused_before_training = True  # nothing ran or was written: run_command says it in one line
+        raise
     primary = jax.process_index() == 0
     with command_scope(workdir) as stop:
         if config is not None and primary and not eval_only:
@@ -298,12 +303,19 @@ def run_benchmark(bench: Benchmark, rows: Sequence[Row], settings: RunSettings, 
 
 def run_command(main: Callable[[], Any]) -> None:
     """Runs an experiment's ``main()`` as a command: a refusal found before training (a workdir in use, an
-    existing run, changed settings, missing or damaged checkpoints: :class:`~orthojax.training.WorkdirError`)
-    is one line on stderr and exit status 1, instead of a traceback; anything else propagates."""
+    existing run, changed settings, missing or damaged checkpoints: :class:`~orthojax.training.WorkdirError`;
+    a row or a method's hyper-parameter that cannot run, found by :func:`run_benchmark`'s checks) is one line
+    on stderr and exit status 1, instead of a traceback; anything else propagates."""
     try:
         main()
     except WorkdirError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except (KeyError, ValueError, TypeError) as error:
+        if not getattr(error, "refused_before_training", False):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 

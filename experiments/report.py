@@ -117,6 +117,7 @@ def markdown_table(summary: Sequence[Mapping], columns: Sequence[Column],
     """Ours (mean ± std over seeds) beside the paper's published value, one row per method; the trivial
     predictor's row (``trivial``: column -> value) last."""
     head = ["Method"] + [f"{label} (ours)" for _, label, _ in columns] + [f"{label} (paper)" for _, label, _ in columns]
+    head = [cell.replace("|", "\\|") for cell in head]  # e.g. "normal 1-|cos|": a literal bar in a table cell
     head += ["σ cos (ours)", "σ cos (paper)", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in summary:

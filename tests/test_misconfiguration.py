@@ -112,3 +112,24 @@ def test_run_benchmark_checks_every_row_before_the_first_trains(monkeypatch, tmp
 
 def test_parse_rows_is_usable_alone():
     assert parse_rows("Equal cosreg", ("equal", "dropout")) == ["equal", "cosreg"]
+
+
+def test_resume_without_a_table_in_the_workdir_is_refused(tmp_path, capsys):
+    """A mistyped --workdir with --resume must not start a new table from step 0."""
+    workdir = tmp_path / "no_table_here"
+    with pytest.raises(SystemExit) as exit_info:
+        nyuv2.main(["--resume", "--workdir", str(workdir), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "no table to resume" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_a_method_hyper_parameter_refused_before_training_is_one_error_line(tmp_path, capsys):
+    workdir = tmp_path / "alpha"
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.run_command(lambda: nyuv2.main(["--methods", "cosreg", "--alpha", "-1", "--max-steps", "1",
+                                                 "--workdir", str(workdir), "--no-progress"]))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: alpha must be a finite non-negative number; got -1.0" in err and "Traceback" not in err
+    assert not (workdir / "cosreg").exists()  # nothing was trained
