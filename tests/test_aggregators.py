@@ -188,6 +188,10 @@ def test_malformed_jacobians_and_hyperparameters_raise_clearly():
         aggregate({})
     with pytest.raises(TypeError, match="mgda.*floating"):
         aggregate(jnp.ones((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match=r"mgda: the Jacobian is one vector of shape \(3,\).*jnp.stack"):
+        aggregate(jnp.ones((3,)))  # a gradient without its task axis
+    direction, _ = aggregate({"w": jnp.asarray([1.0, -0.5])})  # a pytree of (T,) leaves: scalar parameters
+    assert direction["w"].shape == ()
     for make, match in ((lambda: agg.mgda(num_iters=-1), "num_iters"), (lambda: agg.cagrad(rescale=3), "rescale"),
                         (lambda: agg.upgrad(pref=["x"]), "pref"), (lambda: agg.pcgrad(random_order=1), "random_order"),
                         (lambda: agg.imtl_g(eps=float("nan")), "eps"), (lambda: agg.dualproj(reg_eps=-1.0), "reg_eps")):

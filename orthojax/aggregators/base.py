@@ -51,14 +51,18 @@ def num_tasks_of(jacobian: PyTree, name: str) -> tuple[int, Any]:
     """(T, dtype): the common leading task axis of the Jacobian's leaves and their floating dtype.
 
     Raises:
-      ValueError: no leaves, a scalar leaf, or leaves with different leading axes (the message lists the
-        shapes).
+      ValueError: no leaves, a scalar leaf, a bare (P,) vector (a gradient without its task axis), or
+        leaves with different leading axes (the message lists the shapes).
       TypeError: a leaf that is not floating point.
     """
     leaves = jax.tree.leaves(jacobian)
     if not leaves:
         raise ValueError(f"{name}: the Jacobian has no leaves; expected a (T, P) array or a pytree of (T, ...) "
                          "arrays")
+    if len(leaves) == 1 and leaves[0] is jacobian and jnp.ndim(jacobian) == 1:
+        # one bare vector is one gradient without its task axis (a pytree of (T,) leaves stays valid)
+        raise ValueError(f"{name}: the Jacobian is one vector of shape {jnp.shape(jacobian)}; expected a (T, P) "
+                         "array with one row per task: stack the task gradients, jnp.stack([g_1, ..., g_T])")
     shapes = [jnp.shape(leaf) for leaf in leaves]
     if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
         raise ValueError(f"{name}: every Jacobian leaf needs the same leading task axis T; got shapes {shapes}")
