@@ -60,6 +60,9 @@ def setup_runtime(distributed: Optional[Distributed], compilation_cache: Optiona
     cache = compilation_cache_dir(compilation_cache)
     if cache is not None:
         jax.config.update("jax_compilation_cache_dir", cache)
+        # every program, however quickly it compiled: a table's runs (single-task rows, seeds, a resumed or
+        # repeated command) then share them whatever the machine's speed (JAX's default skips those < 1 s)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if jax.process_index() == 0:
         devices = jax.devices()
         print(f"devices: {len(devices)} x {devices[0].platform} ({jax.process_count()} process(es))",

@@ -210,9 +210,13 @@ def test_compilation_cache_dir_flag_then_environment_then_default(monkeypatch, t
 def test_experiment_fills_its_compilation_cache(tmp_path):
     """A fresh process (the cache is set before anything compiles) writes the compiled programs."""
     cache = tmp_path / "xla"
+    # the experiment's own XLA settings: programs compiled at the test suite's optimisation level 0 can take
+    # less than JAX's minimum compile time for the persistent cache, and would not be written
+    env = {**os.environ, "XLA_FLAGS": " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()
+                                               if not flag.startswith("--xla_backend_optimization_level"))}
     subprocess.run([sys.executable, "-m", "experiments.multidigit_mnist", "--methods", "equal", "--max-steps", "1",
                     "--workdir", str(tmp_path / "run"), "--no-progress", "--compilation-cache", str(cache)],
-                   check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                   check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
     assert cache.is_dir() and any(cache.iterdir())
 
 
