@@ -46,20 +46,18 @@ def _finish(process) -> str:
 
 
 # gloo's rendezvous waits a fixed 30 s for the other process; on a loaded machine one process may still be
-# compiling then. That infrastructure timeout, and nothing else, is retried (in a fresh workdir, with the
-# programs the earlier attempt compiled read back from a shared persistent cache, so the processes start
-# faster); if every attempt meets it, the machine is too loaded for this test and it is skipped, saying so.
+# compiling then. That infrastructure timeout, and nothing else, is retried (in a fresh workdir); if every
+# attempt meets it, the machine is too loaded for this test and it is skipped, saying so.
 _RENDEZVOUS_TIMEOUT = "Gloo context initialization failed"
 _ATTEMPTS = 3
 
 
 def _run_pair(workdir) -> tuple:
-    cache = workdir.with_name(workdir.name + "_xla")
     for attempt in range(_ATTEMPTS):
         run_dir = workdir.with_name(f"{workdir.name}_{attempt}") if attempt else workdir
         port = _free_port()
         pair = [_start(run_dir, "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
-                       "--process-id", str(i), "--compilation-cache", str(cache / f"process_{i}")) for i in range(2)]
+                       "--process-id", str(i)) for i in range(2)]
         outputs = [_communicate(process) for process in pair]
         if all(process.returncode == 0 for process in pair):
             return run_dir, outputs
