@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from benchmarks.suite import THREAD_FLAGS, Group, _environment, _jax_setup, _memory_mb
+from benchmarks.suite import THREAD_FLAGS, Group, _environment, _jax_setup, _memory_mb, time_interleaved
 
 METHODS = ("mgda", "upgrad")
 ROWS = ("equal",) + tuple(f"{m}{suffix}" for m in METHODS for suffix in ("", " rep_grad"))
@@ -70,8 +70,6 @@ def _step(row: str, setup) -> tuple[Callable[[], None], float, Optional[float]]:
 
 def time_group(group: Group, log) -> dict:
     """Compile and warm every row, then time them in ``group.rounds`` interleaved rounds: median and quartiles."""
-    import numpy as np
-
     setup = _jax_setup(group)
     runners, results = {}, {}
     for row in group.rows:
@@ -80,17 +78,7 @@ def time_group(group: Group, log) -> dict:
         run()
         runners[row] = run
         results[row] = {"compile_s": compile_s, "memory_mb": memory, "times_ms": []}
-    for _ in range(group.rounds):
-        for row, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            results[row]["times_ms"].append(1e3 * (time.perf_counter() - t0))
-    for row in runners:
-        times = np.asarray(results[row].pop("times_ms"))
-        q1, med, q3 = np.percentile(times, [25, 50, 75])
-        results[row].update(median_ms=float(med), q1_ms=float(q1), q3_ms=float(q3), rounds=len(times))
-        log(f"  {row:>16}: {med:9.1f} ms  compile {results[row]['compile_s']:6.1f} s")
-    return results
+    return time_interleaved(runners, results, group.rounds, log, width=16)
 
 
 def table(groups: list[dict]) -> str:

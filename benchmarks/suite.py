@@ -218,8 +218,6 @@ def _torch_step(group: Group, row: str, batch: dict) -> tuple[Callable[[], None]
 
 
 def _time_group(group: Group, torch_ok: bool, log, keep_rows: frozenset = frozenset()) -> dict:
-    import numpy as np
-
     setup = _jax_setup(group)
     runners, results = {}, {}
     for row in group.rows:
@@ -238,16 +236,27 @@ def _time_group(group: Group, torch_ok: bool, log, keep_rows: frozenset = frozen
             continue
         runners[row] = run
         results[row] = {"compile_s": compile_s, "memory_mb": memory, "times_ms": []}
-    for _ in range(group.rounds):
+    return time_interleaved(runners, results, group.rounds, log, width=22)
+
+
+def time_interleaved(runners: dict, results: dict, rounds: int, log: Callable[[str], None],
+                     width: int = 22) -> dict:
+    """Times every compiled step of ``runners`` in turn, ``rounds`` times (interleaved, so that a slow moment
+    of a shared machine falls on every row alike), and adds each row's median and quartiles (ms) to
+    ``results[row]``."""
+    import numpy as np
+
+    times = {row: [] for row in runners}
+    for _ in range(rounds):
         for row, run in runners.items():
             t0 = time.perf_counter()
             run()
-            results[row]["times_ms"].append(1e3 * (time.perf_counter() - t0))
+            times[row].append(1e3 * (time.perf_counter() - t0))
     for row in runners:
-        times = np.asarray(results[row].pop("times_ms"))
-        q1, med, q3 = np.percentile(times, [25, 50, 75])
-        results[row].update(median_ms=float(med), q1_ms=float(q1), q3_ms=float(q3), rounds=len(times))
-        log(f"  {row:>22}: {med:9.1f} ms  compile {results[row]['compile_s']:6.1f} s")
+        q1, med, q3 = np.percentile(np.asarray(times[row]), [25, 50, 75])
+        results[row].pop("times_ms", None)
+        results[row].update(median_ms=float(med), q1_ms=float(q1), q3_ms=float(q3), rounds=len(times[row]))
+        log(f"  {row:>{width}}: {med:9.1f} ms  compile {results[row]['compile_s']:6.1f} s")
     return results
 
 
